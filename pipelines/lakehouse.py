@@ -1,0 +1,540 @@
+"""The table layer: every read and write of a lakehouse table goes through here.
+
+Two engines reach the same Delta tables (DESIGN.md §2 "Tables and engines"):
+
+* ``delta-spark`` (``format("delta")``) when its classes are loadable in the JVM;
+* ``delta-rs`` otherwise, the embedded default: Spark tasks write Parquet files
+  (partition columns in ``k=v`` folders, not in the files), the driver commits
+  them in ONE Delta transaction carrying an app-transaction id, so a retried
+  commit of the same run is a no-op, and reads use a snapshot's exact file list.
+
+delta-rs does not check what a careful writer must, so :class:`DeltaRsStore`
+does, each with its own error: every added file exists
+(:class:`MissingDataFileError`), no added file lies outside the partition being
+overwritten (:class:`PartitionOutsideOverwriteError`), and the partition being
+overwritten did not change since the writer's snapshot
+(:class:`ConcurrentWriteError`).  Schemas are enforced on write and checked on
+read (:class:`SchemaMismatchError` names the columns).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipelines.errors import (
+    ConcurrentWriteError,
+    ConfigError,
+    MissingDataFileError,
+    PartitionOutsideOverwriteError,
+    SchemaMismatchError,
+    TableError,
+    TableNotFoundError,
+    reraise_task_error,
+)
+from pipelines.parquet_files import (
+    MANIFEST_SCHEMA,
+    DataFile,
+    ParquetFileWriter,
+    check_partition_value,
+)
+from pipelines.schemas import TableSpec
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType, StructType
+
+log = logging.getLogger(__name__)
+
+WriteMode = Literal["append", "overwrite"]
+ENGINE_ENV = "LIME_RANK_TABLE_ENGINE"  # auto | delta-rs | delta-spark
+_TXN_VERSION = 1
+_COMMIT_ATTEMPTS = 5
+
+
+class UnsupportedTableFeatureError(TableError):
+    """The table uses a Delta feature that file-list reads cannot honour."""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a write did: the table version it produced (or found), files and rows added."""
+
+    table: str
+    version: int
+    files: int
+    rows: int
+    skipped: bool  # True when this app id had already committed: nothing was written
+
+
+def resolve_root(root: str | os.PathLike[str]) -> str:
+    """Absolute local path (or an URI with a scheme, passed through)."""
+    text = os.fspath(root)
+    if "://" in text:
+        return text.rstrip("/")
+    return str(Path(text).expanduser().resolve())
+
+
+def _simple(dtype: DataType) -> str:
+    return dtype.simpleString()
+
+
+def _types_equal(a: DataType, b: DataType) -> bool:
+    """Spark types equal, ignoring nullability (at every nesting level)."""
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    if isinstance(a, ArrayType) and isinstance(b, ArrayType):
+        return _types_equal(a.elementType, b.elementType)
+    if isinstance(a, MapType) and isinstance(b, MapType):
+        return _types_equal(a.keyType, b.keyType) and _types_equal(a.valueType, b.valueType)
+    if isinstance(a, StructType) and isinstance(b, StructType):
+        return len(a.fields) == len(b.fields) and all(
+            fa.name == fb.name and _types_equal(fa.dataType, fb.dataType)
+            for fa, fb in zip(a.fields, b.fields, strict=True)
+        )
+    return a == b
+
+
+def check_spark_schema(table: str, actual: StructType, expected: StructType, *, allow_extra: bool) -> None:
+    """Raise :class:`SchemaMismatchError` naming every missing, unexpected or retyped column."""
+    have = {f.name: f.dataType for f in actual.fields}
+    want = {f.name: f.dataType for f in expected.fields}
+    missing = [c for c in want if c not in have]
+    unexpected = [] if allow_extra else [c for c in have if c not in want]
+    wrong = {
+        c: (_simple(have[c]), _simple(t)) for c, t in want.items() if c in have and not _types_equal(have[c], t)
+    }
+    if missing or unexpected or wrong:
+        raise SchemaMismatchError(table, missing, unexpected, wrong)
+
+
+def check_arrow_schema(table: str, actual: pa.Schema, expected: pa.Schema, *, allow_extra: bool) -> None:
+    """Arrow flavour of :func:`check_spark_schema` (nullability and field names of lists ignored)."""
+
+    def norm(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return pa.list_(norm(t.value_type))
+        if pa.types.is_large_string(t):
+            return pa.string()
+        return t
+
+    have = {f.name: norm(f.type) for f in actual}
+    want = {f.name: norm(f.type) for f in expected}
+    missing = [c for c in want if c not in have]
+    unexpected = [] if allow_extra else [c for c in have if c not in want]
+    wrong = {c: (str(have[c]), str(t)) for c, t in want.items() if c in have and have[c] != t}
+    if missing or unexpected or wrong:
+        raise SchemaMismatchError(table, missing, unexpected, wrong)
+
+
+class TableStore(Protocol):
+    """What jobs need from the lakehouse, whatever the engine."""
+
+    root: str
+    engine: str
+
+    def uri(self, table: str) -> str: ...
+
+    def exists(self, spec: TableSpec) -> bool: ...
+
+    def version(self, spec: TableSpec) -> int | None: ...
+
+    def committed_version(self, spec: TableSpec, app_id: str) -> int | None: ...
+
+    def read(
+        self,
+        spec: TableSpec,
+        *,
+        version: int | None = None,
+        partition: Mapping[str, str] | None = None,
+        allow_extra_columns: bool = False,
+    ) -> DataFrame: ...
+
+    def write(
+        self,
+        df: DataFrame,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult: ...
+
+    def write_arrow(
+        self,
+        data: pa.Table,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult: ...
+
+
+def _partition_filters(partition: Mapping[str, str] | None) -> list[tuple[str, str, str]] | None:
+    if not partition:
+        return None
+    return [(k, "=", v) for k, v in sorted(partition.items())]
+
+
+def _check_partition_arg(spec: TableSpec, partition: Mapping[str, str] | None) -> dict[str, str] | None:
+    if partition is None:
+        return None
+    if set(partition) != set(spec.partition_by):
+        raise ConfigError(
+            f"table {spec.name!r} is partitioned by {list(spec.partition_by)}; "
+            f"a partition must name exactly those columns, got {sorted(partition)}"
+        )
+    return {k: check_partition_value(spec.name, k, v) for k, v in partition.items()}
+
+
+class DeltaRsStore:
+    """Delta tables through delta-rs: Spark writes files, the driver commits once."""
+
+    engine = "delta-rs"
+
+    def __init__(self, spark: SparkSession | None, root: str | os.PathLike[str]) -> None:
+        self.spark = spark
+        self.root = resolve_root(root)
+
+    # -- locations and snapshots ---------------------------------------------------------
+    def uri(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    def _load(self, spec: TableSpec, version: int | None = None) -> DeltaTable | None:
+        from deltalake import DeltaTable
+
+        uri = self.uri(spec.name)
+        if not DeltaTable.is_deltatable(uri):
+            return None
+        table = DeltaTable(uri)
+        if version is not None:
+            if version < 0 or version > table.version():
+                raise TableError(
+                    f"table {spec.name!r} has versions 0..{table.version()}; version {version} does not exist"
+                )
+            table.load_as_version(version)
+        return table
+
+    def exists(self, spec: TableSpec) -> bool:
+        return self._load(spec) is not None
+
+    def version(self, spec: TableSpec) -> int | None:
+        table = self._load(spec)
+        return None if table is None else table.version()
+
+    def committed_version(self, spec: TableSpec, app_id: str) -> int | None:
+        """The app-transaction version recorded for ``app_id`` (None: never committed)."""
+        table = self._load(spec)
+        return None if table is None else table.transaction_version(app_id)
+
+    def delta_table(self, spec: TableSpec, version: int | None = None) -> DeltaTable:
+        table = self._load(spec, version)
+        if table is None:
+            raise TableNotFoundError(spec.name, self.uri(spec.name))
+        return table
+
+    # -- reads ------------------------------------------------------------------------------
+    def arrow_schema(self, spec: TableSpec, version: int | None = None) -> pa.Schema:
+        return pa.schema(self.delta_table(spec, version).schema().to_arrow())
+
+    def _check_readable(self, spec: TableSpec, table: DeltaTable) -> None:
+        protocol = table.protocol()
+        features = set(protocol.reader_features or [])
+        if protocol.min_reader_version > 1 and features - {"timestampNtz", "vacuumProtocolCheck"}:
+            raise UnsupportedTableFeatureError(
+                f"table {spec.name!r} uses reader features {sorted(features)} (e.g. deletion vectors or "
+                "column mapping): reading by file list would be wrong; use the delta-spark engine"
+            )
+
+    def file_uris(
+        self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> list[str]:
+        table = self.delta_table(spec, version)
+        self._check_readable(spec, table)
+        return list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
+
+    def read(
+        self,
+        spec: TableSpec,
+        *,
+        version: int | None = None,
+        partition: Mapping[str, str] | None = None,
+        allow_extra_columns: bool = False,
+    ) -> DataFrame:
+        """The table (or one partition) at ``version`` (default: latest) as a DataFrame.
+
+        The schema is the table's own; it must contain ``spec``'s columns with the same
+        types (extra columns only with ``allow_extra_columns``).
+        """
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        assert self.spark is not None, "reading into Spark needs a session"
+        table = self.delta_table(spec, version)
+        self._check_readable(spec, table)
+        schema = pa.schema(table.schema().to_arrow())
+        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=allow_extra_columns)
+        spark_schema = from_arrow_schema(schema)
+        files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
+        if not files:
+            return self.spark.createDataFrame([], spark_schema)
+        return (
+            self.spark.read.schema(spark_schema)
+            .option("basePath", self.uri(spec.name))
+            .parquet(*files)
+            .select(*schema.names)  # partition columns back in the table's column order
+        )
+
+    # -- writes -----------------------------------------------------------------------------
+    def write(
+        self,
+        df: DataFrame,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult:
+        """Write ``df`` in one atomic commit.
+
+        ``mode='overwrite'`` with ``partition`` replaces that one partition (replaceWhere
+        semantics); without ``partition`` it replaces the whole table.  ``app_id`` names
+        this logical run: if it already committed, nothing is written and the result has
+        ``skipped=True``.
+        """
+        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
+        target = _check_partition_arg(spec, partition)
+        snapshot = self._load(spec)
+        if snapshot is not None:
+            done = snapshot.transaction_version(app_id)
+            if done is not None:
+                log.info("%s: app id %s already committed; nothing to do", spec.name, app_id)
+                return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
+        seen = self._partition_state(snapshot, target) if mode == "overwrite" else None
+        writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix(app_id))
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        manifest = df.select(*spec.column_names).mapInArrow(
+            _manifest_task(writer), from_arrow_schema(MANIFEST_SCHEMA)
+        )
+        try:
+            rows = manifest.collect()
+        except Exception as exc:
+            reraise_task_error(exc)
+            raise
+        files = [DataFile.from_row(row.asDict()) for row in rows]
+        return self.commit(spec, files, mode=mode, app_id=app_id, partition=target,
+                           expected_partition_state=seen, metadata=metadata)
+
+    def write_arrow(
+        self,
+        data: pa.Table,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult:
+        """Same contract as :meth:`write` for a small Arrow table built on the driver."""
+        check_arrow_schema(spec.name, data.schema, spec.schema, allow_extra=False)
+        target = _check_partition_arg(spec, partition)
+        snapshot = self._load(spec)
+        if snapshot is not None and snapshot.transaction_version(app_id) is not None:
+            return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
+        seen = self._partition_state(snapshot, target) if mode == "overwrite" else None
+        writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix(app_id) + "-driver")
+        data = data.select(spec.column_names).cast(spec.schema)
+        files = [
+            DataFile.from_row(row)
+            for batch in writer(data.to_batches())
+            for row in batch.to_pylist()
+        ]
+        return self.commit(spec, files, mode=mode, app_id=app_id, partition=target,
+                           expected_partition_state=seen, metadata=metadata)
+
+    @staticmethod
+    def _file_prefix(app_id: str) -> str:
+        # unique per write call; the app id is recorded in the commit, not in file names
+        return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+    @staticmethod
+    def _partition_state(table: DeltaTable | None, partition: Mapping[str, str] | None) -> frozenset[str]:
+        """Relative paths of the files that make up the partition (or table) right now."""
+        if table is None:
+            return frozenset()
+        actions = pa.table(table.get_add_actions(flatten=False))
+        paths = actions.column("path").to_pylist()
+        if not partition:
+            return frozenset(paths)
+        values = actions.column("partition").to_pylist() if actions.num_rows else []
+        return frozenset(
+            p for p, v in zip(paths, values, strict=True)
+            if v is not None and all(v.get(k) == want for k, want in partition.items())
+        )
+
+    def commit(
+        self,
+        spec: TableSpec,
+        files: Sequence[DataFile],
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None,
+        expected_partition_state: frozenset[str] | None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult:
+        """Check the guards, then commit ``files`` as ONE Delta version."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import CommitFailedError, DeltaError
+        from deltalake.transaction import (
+            AddAction,
+            CommitProperties,
+            Transaction,
+            create_table_with_add_actions,
+        )
+
+        uri = self.uri(spec.name)
+        fs, root = pafs.FileSystem.from_uri(uri)
+        infos = fs.get_file_info([f"{root}/{f.path}" for f in files])
+        missing = [f.path for f, info in zip(files, infos, strict=True) if info.type != pafs.FileType.File]
+        if missing:
+            raise MissingDataFileError(
+                f"table {spec.name!r}: {len(missing)} file(s) to commit do not exist, e.g. {missing[:3]}"
+            )
+        if mode == "overwrite" and partition is not None:
+            outside = [f.path for f in files if f.partition_values != dict(partition)]
+            if outside:
+                raise PartitionOutsideOverwriteError(
+                    f"table {spec.name!r}: overwriting partition {dict(partition)} but {len(outside)} file(s) "
+                    f"belong elsewhere, e.g. {outside[:3]}"
+                )
+        now_ms = int(time.time() * 1000)
+        adds = [
+            AddAction(f.path, f.size, f.partition_values, now_ms, True, f.stats) for f in files
+        ]
+        rows = sum(f.num_records for f in files)
+        custom: dict[str, object] = {"lime_rank.app_id": app_id, "lime_rank.rows": rows}
+        custom.update({f"lime_rank.{k}": v for k, v in (metadata or {}).items()})
+        props = CommitProperties(
+            custom_metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in custom.items()},
+            app_transactions=[Transaction(app_id, _TXN_VERSION)],
+            max_commit_retries=0,
+        )
+        schema = spec.schema
+        for attempt in range(_COMMIT_ATTEMPTS):
+            table = self._load(spec)
+            if table is not None and table.transaction_version(app_id) is not None:
+                log.info("%s: app id %s committed meanwhile; nothing to do", spec.name, app_id)
+                return CommitResult(spec.name, table.version(), 0, 0, skipped=True)
+            if table is not None:
+                check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema,
+                                   allow_extra=False)
+            if expected_partition_state is not None:
+                current = self._partition_state(table, partition)
+                if current != expected_partition_state:
+                    where = dict(partition) if partition else "(whole table)"
+                    raise ConcurrentWriteError(
+                        f"table {spec.name!r}: partition {where} changed since this writer's snapshot "
+                        f"(another run wrote it); not committing {len(files)} file(s) of app id {app_id}"
+                    )
+            try:
+                if table is None:
+                    try:
+                        create_table_with_add_actions(
+                            uri, _delta_schema(schema), adds, mode="error",
+                            partition_by=list(spec.partition_by) or None, commit_properties=props,
+                        )
+                    except DeltaError as exc:
+                        if "already exists" not in str(exc) or attempt == _COMMIT_ATTEMPTS - 1:
+                            raise
+                        continue  # created meanwhile by another writer: check the guards again
+                else:
+                    table.create_write_transaction(
+                        adds, mode, _delta_schema(schema),
+                        partition_by=list(spec.partition_by) or None,
+                        partition_filters=_partition_filters(partition) if mode == "overwrite" else None,
+                        commit_properties=props,
+                    )
+            except CommitFailedError as exc:
+                # another writer took the version we meant to write: re-check the guards
+                if attempt == _COMMIT_ATTEMPTS - 1:
+                    raise ConcurrentWriteError(
+                        f"table {spec.name!r}: commit lost {_COMMIT_ATTEMPTS} races with other writers"
+                    ) from exc
+                log.warning("%s: commit raced with another writer (%s); re-checking", spec.name, exc)
+                continue
+            version = DeltaTable(uri).version()
+            log.info("%s: committed version %d (%s, %d file(s), %d row(s), app id %s)",
+                     spec.name, version, mode, len(files), rows, app_id)
+            return CommitResult(spec.name, version, len(files), rows, skipped=False)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _delta_schema(schema: pa.Schema) -> object:
+    from deltalake import Schema
+
+    return Schema.from_arrow(schema)
+
+
+def _manifest_task(writer: ParquetFileWriter):  # noqa: ANN202 - Spark callable
+    """mapInArrow callable: one unique file prefix per task attempt."""
+
+    def run(batches):  # noqa: ANN001, ANN202
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        suffix = "local" if ctx is None else f"p{ctx.partitionId():05d}-a{ctx.attemptNumber()}-t{ctx.taskAttemptId()}"
+        task_writer = ParquetFileWriter(
+            writer.table_uri, writer.spec, f"{writer.file_prefix}-{suffix}", writer.max_bytes_per_file
+        )
+        yield from task_writer(batches)
+
+    return run
+
+
+def delta_spark_available(spark: SparkSession) -> bool:
+    """True when the Delta Spark data source classes load in the driver JVM (~0.15 s)."""
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:  # Spark Connect: no py4j gateway
+        return False
+    try:
+        loader = jvm.Thread.currentThread().getContextClassLoader()
+        jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", False, loader)
+        return True
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+        return False
+
+
+def open_lakehouse(spark: SparkSession | None, root: str | os.PathLike[str], engine: str | None = None) -> TableStore:
+    """The store for ``root``: delta-spark when its classes are loadable, delta-rs otherwise.
+
+    ``engine`` (or ``$LIME_RANK_TABLE_ENGINE``) forces one: ``auto``, ``delta-rs``, ``delta-spark``.
+    """
+    choice = (engine or os.environ.get(ENGINE_ENV) or "auto").strip()
+    if choice not in ("auto", "delta-rs", "delta-spark"):
+        raise ConfigError(f"table engine must be auto, delta-rs or delta-spark, got {choice!r}")
+    if choice == "delta-rs" or spark is None:
+        return DeltaRsStore(spark, root)
+    available = delta_spark_available(spark)
+    if choice == "delta-spark" and not available:
+        raise ConfigError("table engine delta-spark was asked for but its classes are not on the classpath")
+    if available:
+        from pipelines.delta_spark import DeltaSparkStore
+
+        return DeltaSparkStore(spark, root)
+    return DeltaRsStore(spark, root)

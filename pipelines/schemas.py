@@ -1,0 +1,147 @@
+"""The tables of the lakehouse: names, schemas, partitioning (DESIGN.md §2).
+
+One Arrow schema per table is the source of truth; the Spark schema is derived
+from it.  Partition columns are strings (Hive-style ``k=v`` folders, Delta
+partition values) and come first in the schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from pyspark.sql.types import StructType
+
+UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's contract: ``schema`` includes the ``partition_by`` columns."""
+
+    name: str
+    schema: pa.Schema
+    partition_by: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for col in self.partition_by:
+            field = self.schema.field(col)
+            assert pa.types.is_string(field.type), f"{self.name}.{col}: partition columns are strings"
+
+    @cached_property
+    def data_schema(self) -> pa.Schema:
+        """The schema of the Parquet files: partition columns live in folder names, not in files."""
+        return pa.schema([f for f in self.schema if f.name not in self.partition_by])
+
+    @cached_property
+    def spark_schema(self) -> StructType:
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        return from_arrow_schema(self.schema)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.schema.names)
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+EVENTS = TableSpec(
+    "events",
+    pa.schema([
+        _f("event_date", pa.string()),
+        _f("user_id", pa.int64()),
+        _f("item_id", pa.int64()),
+        _f("ts", UTC_MICROS),
+    ]),
+    partition_by=("event_date",),
+    description="input: one row per interaction (event_date = UTC date of ts)",
+)
+
+ITEMS = TableSpec(
+    "items",
+    pa.schema([_f("item_id", pa.int64()), _f("title", pa.string(), nullable=True)]),
+    description="input: the catalogue of items that may be recommended",
+)
+
+USER_HISTORIES = TableSpec(
+    "user_histories",
+    pa.schema([
+        _f("ds", pa.string()),
+        _f("user_id", pa.int64()),
+        _f("item_ids", pa.list_(pa.field("element", pa.int64(), nullable=False))),
+        _f("ts", pa.list_(pa.field("element", UTC_MICROS, nullable=False))),
+        _f("n", pa.int32()),
+    ]),
+    partition_by=("ds",),
+    description="last N events per user up to the end of ds, oldest first, ids known to the model",
+)
+
+CANDIDATE_LINK_WEIGHTS = TableSpec(
+    "candidate_link_weights",
+    pa.schema([
+        _f("model_version", pa.string()),
+        _f("item_id", pa.int64()),
+        _f("link_weights", pa.list_(pa.field("element", pa.float32(), nullable=False))),
+        _f("cand_vec", pa.list_(pa.field("element", pa.float32(), nullable=False))),
+        _f("bias", pa.float32()),
+    ]),
+    partition_by=("model_version",),
+    description="per model version and item: W_c (H*ell), candidate vector (d), bias",
+)
+
+USER_LINKS = TableSpec(
+    "user_links",
+    pa.schema([
+        _f("ds", pa.string()),
+        _f("model_version", pa.string()),
+        _f("user_id", pa.int64()),
+        _f("l_p", pa.list_(pa.field("element", pa.float32(), nullable=False))),
+    ]),
+    partition_by=("ds",),
+    description="personalised link embeddings L_P (ell*d, row-major) per user with a usable history",
+)
+
+RECOMMENDATIONS = TableSpec(
+    "recommendations",
+    pa.schema([
+        _f("ds", pa.string()),
+        _f("user_id", pa.int64()),
+        _f("rank", pa.int32()),
+        _f("item_id", pa.int64()),
+        _f("score", pa.float32()),
+        _f("model_version", pa.string()),
+        _f("source", pa.string()),
+    ]),
+    partition_by=("ds",),
+    description="top-K per user; source is 'model' or 'popular' (cold start)",
+)
+
+RUN_AUDIT = TableSpec(
+    "run_audit",
+    pa.schema([
+        _f("ds", pa.string()),
+        _f("job", pa.string()),
+        _f("run_id", pa.string()),
+        _f("status", pa.string()),
+        _f("model_version", pa.string(), nullable=True),
+        _f("started_at", UTC_MICROS),
+        _f("finished_at", UTC_MICROS),
+        _f("table_version", pa.int64(), nullable=True),
+        _f("metrics", pa.string()),
+    ]),
+    partition_by=("ds",),
+    description="append-only log: one row per job run (metrics is a JSON object of counts and timings)",
+)
+
+ALL_TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (EVENTS, ITEMS, USER_HISTORIES, CANDIDATE_LINK_WEIGHTS, USER_LINKS, RECOMMENDATIONS, RUN_AUDIT)
+}

@@ -184,8 +184,9 @@ class ParquetFileWriter:
                 continue
             table = pa.Table.from_batches([batch])
             for values, part in self._split(table):
-                data = part.select(self.spec.data_schema.names).cast(self.spec.data_schema)
+                data = part.select(self.spec.data_schema.names)
                 _check_values(self.spec, data)
+                data = data.cast(self.spec.data_schema)
                 key = json.dumps(values, sort_keys=True)
                 if key in open_files and open_files[key].bytes >= self.max_bytes_per_file:
                     close(key)

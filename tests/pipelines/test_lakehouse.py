@@ -1,0 +1,242 @@
+"""The delta-rs table layer: atomic, repeatable writes and exact snapshot reads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from pipelines.errors import (
+    ConcurrentWriteError,
+    ConfigError,
+    InvalidPartitionValueError,
+    MissingDataFileError,
+    NonFiniteValueError,
+    NullValueError,
+    PartitionOutsideOverwriteError,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
+from pipelines.lakehouse import DeltaRsStore, delta_spark_available, open_lakehouse
+from pipelines.parquet_files import DataFile, ParquetFileWriter
+from pipelines.schemas import RECOMMENDATIONS, USER_HISTORIES
+
+pytestmark = pytest.mark.spark
+
+
+def recs(ds: str, users: range, score: float = 1.0, version: str = "v1") -> pa.Table:
+    n = len(users)
+    return pa.table({
+        "ds": [ds] * n, "user_id": list(users), "rank": [1] * n, "item_id": [u * 10 for u in users],
+        "score": [score + u for u in users], "model_version": [version] * n, "source": ["model"] * n,
+    }, schema=RECOMMENDATIONS.schema)
+
+
+def as_rows(table: pa.Table) -> list[tuple]:
+    cols = RECOMMENDATIONS.column_names
+    return sorted(tuple(r[c] for c in cols) for r in table.select(cols).to_pylist())
+
+
+def spark_rows(df) -> list[tuple]:  # noqa: ANN001
+    cols = RECOMMENDATIONS.column_names
+    return sorted(tuple(getattr(r, c) for c in cols) for r in df.select(*cols).collect())
+
+
+def delta_rows(uri: str, version: int | None = None) -> list[tuple]:
+    table = DeltaTable(uri, version=version)
+    return as_rows(pa.table(table.to_pyarrow_table()))
+
+
+def test_append_overwrite_partition_and_time_travel_agree_between_spark_and_deltalake(spark, store) -> None:
+    uri = store.uri("recommendations")
+    day1, day2 = recs("2024-01-01", range(0, 5)), recs("2024-01-02", range(5, 9))
+    r0 = store.write(spark.createDataFrame(day1), RECOMMENDATIONS, mode="append", app_id="a0")
+    r1 = store.write(spark.createDataFrame(day2), RECOMMENDATIONS, mode="append", app_id="a1")
+    assert (r0.version, r1.version, r1.rows) == (0, 1, 4)
+    replacement = recs("2024-01-02", range(5, 7), score=100.0)
+    r2 = store.write(spark.createDataFrame(replacement), RECOMMENDATIONS, mode="overwrite",
+                     partition={"ds": "2024-01-02"}, app_id="a2")
+    assert r2.version == 2
+
+    expected_v1 = as_rows(pa.concat_tables([day1, day2]))
+    expected_v2 = as_rows(pa.concat_tables([day1, replacement]))
+    assert spark_rows(store.read(RECOMMENDATIONS)) == expected_v2 == delta_rows(uri)
+    assert spark_rows(store.read(RECOMMENDATIONS, version=1)) == expected_v1 == delta_rows(uri, 1)
+    assert spark_rows(store.read(RECOMMENDATIONS, version=0)) == as_rows(day1) == delta_rows(uri, 0)
+    # the untouched partition kept its files; only ds=2024-01-02 was replaced
+    assert spark_rows(store.read(RECOMMENDATIONS, partition={"ds": "2024-01-01"})) == as_rows(day1)
+    history = DeltaTable(uri).history()
+    assert [h["operation"] for h in history][:1] == ["WRITE"]
+
+
+def test_read_keeps_table_column_order_and_types(spark, store) -> None:
+    store.write(spark.createDataFrame(recs("2024-01-01", range(3))), RECOMMENDATIONS, mode="append", app_id="x")
+    df = store.read(RECOMMENDATIONS)
+    assert df.columns == RECOMMENDATIONS.column_names
+    assert [f.dataType.simpleString() for f in df.schema.fields] == [
+        "string", "bigint", "int", "bigint", "float", "string", "string"]
+
+
+def test_empty_partition_reads_as_empty_frame_with_schema(spark, store) -> None:
+    store.write(spark.createDataFrame(recs("2024-01-01", range(3))), RECOMMENDATIONS, mode="append", app_id="x")
+    df = store.read(RECOMMENDATIONS, partition={"ds": "2099-01-01"})
+    assert df.count() == 0
+    assert df.columns == RECOMMENDATIONS.column_names
+
+
+def test_retry_with_same_app_id_adds_nothing(spark, store) -> None:
+    df = spark.createDataFrame(recs("2024-01-01", range(4)))
+    first = store.write(df, RECOMMENDATIONS, mode="append", app_id="nightly:2024-01-01:run-7")
+    again = store.write(df, RECOMMENDATIONS, mode="append", app_id="nightly:2024-01-01:run-7")
+    assert not first.skipped and again.skipped
+    assert again.version == first.version
+    assert store.read(RECOMMENDATIONS).count() == 4
+    assert store.committed_version(RECOMMENDATIONS, "nightly:2024-01-01:run-7") is not None
+    assert store.committed_version(RECOMMENDATIONS, "never") is None
+
+
+def test_failure_after_files_written_before_commit_leaves_table_unchanged(
+    spark, store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.write(spark.createDataFrame(recs("2024-01-01", range(3))), RECOMMENDATIONS, mode="append", app_id="ok")
+    before = delta_rows(store.uri("recommendations"))
+
+    class DriverDied(RuntimeError):
+        pass
+
+    def die(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise DriverDied("killed between file write and commit")
+
+    monkeypatch.setattr(DeltaRsStore, "commit", die)
+    with pytest.raises(DriverDied):
+        store.write(spark.createDataFrame(recs("2024-01-01", range(3), score=50.0)), RECOMMENDATIONS,
+                    mode="overwrite", partition={"ds": "2024-01-01"}, app_id="dies")
+    monkeypatch.undo()
+    files_on_disk = list(Path(store.uri("recommendations"), "ds=2024-01-01").glob("*.parquet"))
+    assert len(files_on_disk) > len(DeltaTable(store.uri("recommendations")).file_uris())  # orphans exist
+    assert delta_rows(store.uri("recommendations")) == before
+    assert DeltaTable(store.uri("recommendations")).version() == 0
+    # a rerun of the same run completes and replaces the partition
+    rerun = store.write(spark.createDataFrame(recs("2024-01-01", range(3), score=50.0)), RECOMMENDATIONS,
+                        mode="overwrite", partition={"ds": "2024-01-01"}, app_id="dies")
+    assert rerun.version == 1
+    assert [r[4] for r in delta_rows(store.uri("recommendations"))] == [50.0, 51.0, 52.0]
+
+
+def _written_files(store: DeltaRsStore, table: pa.Table, prefix: str) -> list[DataFile]:
+    writer = ParquetFileWriter(store.uri(RECOMMENDATIONS.name), RECOMMENDATIONS, prefix)
+    return [DataFile.from_row(r) for b in writer(table.to_batches()) for r in b.to_pylist()]
+
+
+def test_guard_missing_file(store) -> None:
+    files = _written_files(store, recs("2024-01-01", range(2)), "m")
+    Path(store.uri("recommendations"), files[0].path).unlink()
+    with pytest.raises(MissingDataFileError, match="do not exist"):
+        store.commit(RECOMMENDATIONS, files, mode="append", app_id="m", partition=None,
+                     expected_partition_state=None)
+    assert not DeltaTable.is_deltatable(store.uri("recommendations"))
+
+
+def test_guard_file_outside_overwritten_partition(store) -> None:
+    store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
+    stray = _written_files(store, recs("2024-01-02", range(2)), "stray")
+    with pytest.raises(PartitionOutsideOverwriteError, match="ds=2024-01-02|2024-01-02"):
+        store.commit(RECOMMENDATIONS, stray, mode="overwrite", app_id="o", partition={"ds": "2024-01-01"},
+                     expected_partition_state=store._partition_state(store.delta_table(RECOMMENDATIONS),
+                                                                     {"ds": "2024-01-01"}))
+    assert DeltaTable(store.uri("recommendations")).version() == 0
+
+
+def test_guard_partition_changed_since_snapshot(store) -> None:
+    part = {"ds": "2024-01-01"}
+    store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
+    snapshot = store._partition_state(store.delta_table(RECOMMENDATIONS), part)
+    mine = _written_files(store, recs("2024-01-01", range(2), score=9.0), "slow-writer")
+    # another run overwrites the same partition in between
+    store.write_arrow(recs("2024-01-01", range(2), score=5.0), RECOMMENDATIONS, mode="overwrite",
+                      partition=part, app_id="fast-writer")
+    with pytest.raises(ConcurrentWriteError, match="changed since this writer's snapshot"):
+        store.commit(RECOMMENDATIONS, mine, mode="overwrite", app_id="slow-writer", partition=part,
+                     expected_partition_state=snapshot)
+    assert [r[4] for r in delta_rows(store.uri("recommendations"))] == [5.0, 6.0]
+
+
+def test_overwrite_of_other_partition_is_not_a_conflict(store) -> None:
+    store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
+    snapshot = store._partition_state(store.delta_table(RECOMMENDATIONS), {"ds": "2024-01-01"})
+    mine = _written_files(store, recs("2024-01-01", range(2), score=9.0), "w1")
+    store.write_arrow(recs("2024-01-02", range(2)), RECOMMENDATIONS, mode="append", app_id="other-day")
+    result = store.commit(RECOMMENDATIONS, mine, mode="overwrite", app_id="w1", partition={"ds": "2024-01-01"},
+                          expected_partition_state=snapshot)
+    assert result.version == 2
+
+
+def test_schema_enforced_on_write_naming_columns(spark, store) -> None:
+    bad = spark.createDataFrame(recs("2024-01-01", range(2))).withColumnRenamed("score", "scr").drop("source")
+    with pytest.raises(SchemaMismatchError, match=r"missing column\(s\) \['score', 'source'\].*unexpected.*scr"):
+        store.write(bad, RECOMMENDATIONS, mode="append", app_id="bad")
+    retyped = spark.createDataFrame(recs("2024-01-01", range(2))).withColumn("rank", __import__(
+        "pyspark.sql.functions", fromlist=["col"]).col("rank").cast("string"))
+    with pytest.raises(SchemaMismatchError, match="column 'rank' has type string, expected int"):
+        store.write(retyped, RECOMMENDATIONS, mode="append", app_id="bad2")
+    assert not DeltaTable.is_deltatable(store.uri("recommendations"))
+
+
+def test_null_in_not_null_column_fails_the_write_with_its_class(spark, store) -> None:
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame(recs("2024-01-01", range(3))).withColumn(
+        "item_id", F.when(F.col("user_id") == 1, F.lit(None)).otherwise(F.col("item_id")))
+    with pytest.raises(NullValueError, match="column 'item_id' is NOT NULL"):
+        store.write(df, RECOMMENDATIONS, mode="append", app_id="nulls")
+    assert not DeltaTable.is_deltatable(store.uri("recommendations"))
+
+
+def test_nan_score_is_refused(store) -> None:
+    table = recs("2024-01-01", range(2)).set_column(4, "score", pa.array([1.0, math.nan], pa.float32()))
+    with pytest.raises(NonFiniteValueError, match="'score' holds 1 NaN"):
+        store.write_arrow(table, RECOMMENDATIONS, mode="append", app_id="nan")
+
+
+def test_unsafe_partition_value_is_refused(store) -> None:
+    with pytest.raises(InvalidPartitionValueError, match="'../x'"):
+        store.write_arrow(recs("../x", range(1)), RECOMMENDATIONS, mode="append", app_id="p")
+    with pytest.raises(ConfigError, match=r"partitioned by \['ds'\]"):
+        store.write_arrow(recs("2024-01-01", range(1)), RECOMMENDATIONS, mode="overwrite",
+                          partition={"day": "2024-01-01"}, app_id="p2")
+
+
+def test_reading_a_missing_table_names_it(store) -> None:
+    with pytest.raises(TableNotFoundError, match="table 'user_histories' does not exist"):
+        store.read(USER_HISTORIES)
+
+
+def test_read_refuses_a_table_whose_schema_drifted(spark, store) -> None:
+    store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="r")
+    from pipelines.schemas import TableSpec
+
+    expects_more = TableSpec("recommendations", RECOMMENDATIONS.schema.append(pa.field("extra", pa.int64())),
+                             ("ds",))
+    with pytest.raises(SchemaMismatchError, match=r"missing column\(s\) \['extra'\]"):
+        store.read(expects_more)
+
+
+def test_engine_selection(spark, lakehouse) -> None:
+    assert open_lakehouse(spark, lakehouse).engine == ("delta-spark" if delta_spark_available(spark) else "delta-rs")
+    assert open_lakehouse(spark, lakehouse, engine="delta-rs").engine == "delta-rs"
+    with pytest.raises(ConfigError, match="table engine must be"):
+        open_lakehouse(spark, lakehouse, engine="hive")
+
+
+def test_delta_spark_engine_roundtrip(spark, lakehouse) -> None:
+    if not delta_spark_available(spark):
+        pytest.skip("delta-spark classes are not on the classpath (Maven Central is unreachable here); "
+                    "the delta-rs engine is the one tested")
+    store = open_lakehouse(spark, lakehouse, engine="delta-spark")
+    df = spark.createDataFrame(recs("2024-01-01", range(3)))
+    assert not store.write(df, RECOMMENDATIONS, mode="append", app_id="s1").skipped
+    assert store.write(df, RECOMMENDATIONS, mode="append", app_id="s1").skipped
+    assert store.read(RECOMMENDATIONS).count() == 3

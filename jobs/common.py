@@ -87,3 +87,47 @@ def run_main(main_body, argv: list[str] | None) -> int:  # noqa: ANN001
     except LimeRankError as exc:
         logging.getLogger("lime-rank").error("%s: %s", type(exc).__name__, exc)
         return 1
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
+    """--lakehouse, --ds, --checkpoint, --run-id: what every nightly job takes."""
+    add_lakehouse_arg(parser)
+    parser.add_argument("--ds", type=parse_ds, required=True, help="run date YYYY-MM-DD (UTC)")
+    if checkpoint:
+        parser.add_argument("--checkpoint", required=True, help="model checkpoint (path or file:// URI)")
+    parser.add_argument("--run-id", default=None,
+                        help="id of this logical run (Airflow passes {{ run_id }}); a retry with the same id "
+                             "skips a commit that already landed. Default: a fresh id")
+
+
+def checkpoint_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    if "://" in uri:
+        raise ConfigError(f"checkpoint {uri!r}: only local paths and file:// URIs are supported")
+    return os.path.abspath(uri)
+
+
+def open_run(args: argparse.Namespace, app_name: str):  # noqa: ANN201 - RunContext
+    """Spark session, table store and run context from the common arguments."""
+    from pipelines.audit import new_run_id
+    from pipelines.lakehouse import open_lakehouse
+    from pipelines.nightly import RunContext
+
+    ckpt = checkpoint_path(args.checkpoint)
+    from lime_model.checkpoint import load_checkpoint
+
+    load_checkpoint(ckpt)  # fail on a bad checkpoint before starting a JVM
+    spark = spark_from_args(args, app_name)
+    store = open_lakehouse(spark, args.lakehouse)
+    return RunContext.open(spark, store, args.ds, args.run_id or new_run_id(), ckpt)
+
+
+def report_stage(result) -> None:  # noqa: ANN001 - StageResult
+    """One line for the operator: what the stage did."""
+    if result.skipped:
+        print(f"{result.stage} ds={result.ds}: nothing to do ({result.metrics.get('skipped_reason', 'skipped')})")
+    else:
+        commit = result.commit
+        print(f"{result.stage} ds={result.ds}: {commit.rows} row(s) committed to {commit.table} "
+              f"version {commit.version}")

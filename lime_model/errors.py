@@ -46,3 +46,15 @@ class CheckpointNaNError(CheckpointError):
 
 class CheckpointConfigMismatchError(CheckpointError):
     """The stored weights do not fit the stored (or the expected) config."""
+
+
+class ModelConfigError(LimeRankError, ValueError):
+    """A model configuration is invalid (unknown model kind, bad size, missing field)."""
+
+
+class VocabularyError(LimeRankError, ValueError):
+    """An item vocabulary cannot be built from the given ids (not 1-D int64, negative, duplicates)."""
+
+
+class InsufficientDataError(DatasetError):
+    """The interactions leave no user to train on or to evaluate."""

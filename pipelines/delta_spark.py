@@ -81,6 +81,25 @@ class DeltaSparkStore:
                 continue
         return None
 
+    def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int:
+        if self._jtable(spec) is None:
+            return 0
+        return int(self.read(spec, partition=partition, allow_extra_columns=True).count())
+
+    def file_uris(
+        self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> list[str]:
+        return list(self.read(spec, version=version, partition=partition, allow_extra_columns=True).inputFiles())
+
+    def read_table(
+        self, name: str, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        df = reader.load(self.uri(name))
+        return df.where(_where(partition)) if partition else df
+
     def read(
         self,
         spec: TableSpec,

@@ -152,6 +152,16 @@ class TableStore(Protocol):
 
     def committed_version(self, spec: TableSpec, app_id: str) -> int | None: ...
 
+    def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
+
+    def file_uris(
+        self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> list[str]: ...
+
+    def read_table(
+        self, name: str, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> DataFrame: ...
+
     def read(
         self,
         spec: TableSpec,
@@ -280,23 +290,46 @@ class DeltaRsStore:
         The schema is the table's own; it must contain ``spec``'s columns with the same
         types (extra columns only with ``allow_extra_columns``).
         """
+        schema = self.arrow_schema(spec, version)
+        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=allow_extra_columns)
+        return self.read_table(spec.name, version=version, partition=partition)
+
+    def read_table(
+        self, name: str, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> DataFrame:
+        """Any table by name, with whatever schema it has (inputs owned by other teams)."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
         assert self.spark is not None, "reading into Spark needs a session"
+        spec = TableSpec(name, pa.schema([]))
         table = self.delta_table(spec, version)
         self._check_readable(spec, table)
         schema = pa.schema(table.schema().to_arrow())
-        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=allow_extra_columns)
         spark_schema = from_arrow_schema(schema)
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
         if not files:
             return self.spark.createDataFrame([], spark_schema)
         return (
             self.spark.read.schema(spark_schema)
-            .option("basePath", self.uri(spec.name))
+            .option("basePath", self.uri(name))
             .parquet(*files)
             .select(*schema.names)  # partition columns back in the table's column order
         )
+
+    def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int:
+        """Rows in the partition (from the log's file statistics; 0 when the table is missing)."""
+        table = self._load(spec)
+        if table is None:
+            return 0
+        actions = pa.table(table.get_add_actions(flatten=False))
+        if actions.num_rows == 0:
+            return 0
+        rows = actions.column("num_records").to_pylist()
+        if not partition:
+            return int(sum(r or 0 for r in rows))
+        values = actions.column("partition").to_pylist()
+        return int(sum(r or 0 for r, v in zip(rows, values, strict=True)
+                       if v is not None and all(v.get(k) == want for k, want in partition.items())))
 
     # -- writes -----------------------------------------------------------------------------
     def write(

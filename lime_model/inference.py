@@ -1,0 +1,87 @@
+"""Batched user-side inference: histories -> ``L_P`` rows for the ``user_links`` table.
+
+Users are sorted by history length and cut into batches of at most
+``max_tokens_per_batch`` cells (batch size x longest history in it), so the
+padding a batch carries is bounded by the length spread inside it; the output
+rows come back in input order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from lime_model.data import right_align
+
+log = logging.getLogger(__name__)
+
+
+def length_batches(lengths: np.ndarray, max_tokens_per_batch: int) -> list[np.ndarray]:
+    """lengths ``(U,)`` -> batches of user positions, longest first, each with
+    ``len(batch) * max(lengths[batch]) <= max_tokens_per_batch`` (or a single user)."""
+    if max_tokens_per_batch < 1:
+        raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
+    order = np.argsort(-lengths, kind="stable")  # (U,)
+    batches, start = [], 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, max_tokens_per_batch // max(longest, 1))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def encode_histories(model: nn.Module, histories: list[np.ndarray], timestamps: list[np.ndarray] | None,
+                     device: torch.device, max_tokens_per_batch: int = 65536) -> np.ndarray:
+    """``L_P`` for every user, flattened row-major: ``(U, ell*d)`` float32.
+
+    histories: per user, an int64 array of vocabulary indices (1..num_items-1), oldest first;
+    only the newest ``max_history`` are used.  timestamps: per user, float64 epoch seconds
+    aligned with the history, or None (only for models trained without time gaps).
+    Runs under ``torch.inference_mode()``; bf16 autocast on CUDA only.  An empty history
+    is a ``ValueError`` (such users get no ``L_P``; the pipeline falls back to popularity).
+    """
+    cfg = model.cfg
+    if not cfg.is_lime:
+        raise ValueError(f"encode_histories needs a LIME model, got {cfg.model!r}")
+    if timestamps is not None and len(timestamps) != len(histories):
+        raise ValueError(f"{len(histories)} histories but {len(timestamps)} timestamp arrays")
+    cut = cfg.max_history
+    hist = [np.asarray(h)[-cut:] for h in histories]
+    times = None if timestamps is None else [np.asarray(t, dtype=np.float64)[-cut:] for t in timestamps]
+    for i, h in enumerate(hist):
+        if h.dtype != np.int64 or h.ndim != 1:
+            raise ValueError(f"history {i} must be a 1-D int64 array, got {h.dtype} {h.shape}")
+        if h.size == 0:
+            raise ValueError(f"history {i} is empty: a user without history gets no L_P")
+        if h.min() < 1 or h.max() >= cfg.num_items:
+            raise ValueError(f"history {i} holds indices outside 1..{cfg.num_items - 1}")
+        if times is not None and times[i].shape != h.shape:
+            raise ValueError(f"timestamps {i} has shape {times[i].shape}, history {i} has {h.shape}")
+
+    width = cfg.n_links * cfg.d_model
+    out = np.empty((len(hist), width), dtype=np.float32)
+    if not hist:
+        return out
+    lengths = np.fromiter((len(h) for h in hist), dtype=np.int64, count=len(hist))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in length_batches(lengths, max_tokens_per_batch):
+                h = torch.from_numpy(right_align([hist[i] for i in batch], 0)).to(device)  # (b, n)
+                t = None
+                if times is not None:
+                    t = torch.from_numpy(right_align([times[i] for i in batch], 0.0)).to(device)  # (b, n)
+                l_p = model.encode_links(h, t)  # (b, ell, d)
+                out[batch] = l_p.float().reshape(len(batch), width).cpu().numpy()
+    finally:
+        model.train(was_training)
+    log.debug("encoded %d users (%d tokens)", len(hist), int(lengths.sum()))
+    return out

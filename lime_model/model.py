@@ -1,0 +1,356 @@
+"""The networks, bottom-up in one file: embeddings -> HSTU block -> encoders -> models.
+
+Notation (DESIGN.md §1): a user's history ``h_1..h_n`` (oldest first), ``B``
+users, ``d = d_model``, ``H`` heads of ``d_h = d / H``, ``ell`` learned links
+``L`` (``ell x d``), ``C`` candidates.
+
+Histories are RIGHT-ALIGNED ``(B, n)`` int64 tensors of vocabulary indices:
+padding index 0 on the left, the newest item last.  Timestamps, when given,
+are ``(B, n)`` float64 epoch seconds aligned with the history (padding cells
+are ignored).
+
+* :class:`LimeModel` (``lime-xor`` and ``lime-mha``): the user encoder turns a
+  history into personalised links ``L_P`` (``ell x d``); candidates attend to
+  the raw static links, so their link weights are user-independent and cached
+  (:meth:`LimeModel.candidate_tables`).  The XOR encoder is computed as two
+  rectangular attentions per block, never as an ``(ell + n)^2`` matrix; the
+  dense masked reference is ``lime_model.reference``.
+* :class:`FullAttentionModel`: the SASRec/HSTU-like skyline, causal
+  self-attention over the history, dot-product scoring.
+* :class:`PopularityModel`: training counts, the cold-start fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lime_model.config import ModelConfig
+
+
+def recency_positions(n: int, device: torch.device) -> Tensor:
+    """``(n,)`` int64: for right-aligned columns, 0 for the newest column, n-1 for the oldest."""
+    return torch.arange(n - 1, -1, -1, device=device)
+
+
+def time_gap_buckets(timestamps: Tensor, n_buckets: int) -> Tensor:
+    """``(B, n)`` float64 epoch seconds -> ``(B, n)`` int64 buckets of ``log2(1 + t_newest - t_i)``.
+
+    The newest history item (the last column) is the reference, so the time of
+    the item being predicted never leaks into the features.
+    """
+    gap = (timestamps[:, -1:] - timestamps).clamp_min(0.0)  # (B, n) seconds
+    return torch.floor(torch.log2(gap + 1.0)).long().clamp_(0, n_buckets - 1)  # (B, n)
+
+
+class HistoryEmbedding(nn.Module):
+    """``X_E = Emb(h) + P(recency position) [+ T(time-gap bucket)]``; ``Emb`` is shared with candidates."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item = nn.Embedding(cfg.num_items, cfg.d_model, padding_idx=0)
+        self.position = nn.Embedding(cfg.max_history, cfg.d_model)
+        self.time_gap = nn.Embedding(cfg.time_gap_buckets, cfg.d_model) if cfg.use_time_gaps else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, history: Tensor, timestamps: Tensor | None) -> tuple[Tensor, Tensor]:
+        """history ``(B, n)`` int64, timestamps ``(B, n)`` float64 | None ->
+        (``X_E`` ``(B, n, d)``, key_valid ``(B, n)`` bool, False on padding)."""
+        if history.dim() != 2 or history.dtype != torch.int64:
+            raise ValueError(f"history must be a (B, n) int64 tensor, got {tuple(history.shape)} "
+                             f"{history.dtype}")
+        n = history.shape[1]
+        if n > self.cfg.max_history:
+            raise ValueError(f"history has {n} columns, the model accepts at most max_history="
+                             f"{self.cfg.max_history}; keep the newest items")
+        x = self.item(history) + self.position(recency_positions(n, history.device))  # (B, n, d)
+        if self.time_gap is not None:
+            if timestamps is None:
+                raise ValueError("this model uses time gaps (use_time_gaps=True): pass timestamps")
+            if timestamps.shape != history.shape:
+                raise ValueError(f"timestamps shape {tuple(timestamps.shape)} != history shape "
+                                 f"{tuple(history.shape)}")
+            x = x + self.time_gap(time_gap_buckets(timestamps, self.cfg.time_gap_buckets))  # (B, n, d)
+        return self.dropout(x), history != 0
+
+
+class HSTUBlock(nn.Module):
+    """Pre-LayerNorm, one fused projection to U, Q, K, V, softmax attention,
+    ``x + W_o(SiLU(U) * LayerNorm(attn))``; no separate feed-forward.
+
+    The attention itself (which queries see which keys) is left to the caller:
+    the same block serves the XOR encoder, the link-only encoder and the
+    causal skyline.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.d = cfg.d_model
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.uqkv = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.attn_norm = nn.LayerNorm(cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def project(self, x: Tensor, parts: str = "uqkv") -> list[Tensor]:
+        """x ``(B, m, d)`` -> the requested parts of U, Q, K, V (e.g. ``"kv"``), each ``(B, m, d)``.
+
+        One LayerNorm, then one GEMM per part against a slice of the fused weight: the same
+        FLOPs as the fused GEMM, but contiguous outputs (cheaper element-wise ops after), and
+        parts nobody reads are never computed.
+        """
+        xn = self.norm(x)  # (B, m, d)
+        w, b, d = self.uqkv.weight, self.uqkv.bias, self.d
+        return [F.linear(xn, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d])
+                for i in ("uqkv".index(p) for p in parts)]  # len(parts) x (B, m, d)
+
+    def heads(self, x: Tensor) -> Tensor:
+        """``(B, m, d)`` -> ``(B, H, m, d_h)``."""
+        b, m, _ = x.shape
+        return x.view(b, m, self.n_heads, self.d // self.n_heads).transpose(1, 2)
+
+    def merge(self, x: Tensor) -> Tensor:
+        """``(B, H, m, d_h)`` -> ``(B, m, d)``."""
+        b, _, m, _ = x.shape
+        return x.transpose(1, 2).reshape(b, m, self.d)
+
+    def output(self, x: Tensor, u: Tensor, attn: Tensor) -> Tensor:
+        """Residual update: x ``(B, m, d)``, u ``(B, m, d)``, attn ``(B, m, d)`` -> ``(B, m, d)``."""
+        return x + self.dropout(self.proj(F.silu(u) * self.attn_norm(attn)))
+
+
+def links_from_history(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | None) -> Tensor:
+    """Links <- history: one ``ell x n`` attention; only the links are updated.
+
+    x_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` bool (True = real item)
+    or None when no column is padding -> new x_l ``(B, ell, d)``.
+    """
+    batch = x_e.shape[0]
+    u_l, q_l = block.project(x_l, "uq")  # (B|1, ell, d) x 2
+    k_e, v_e = block.project(x_e, "kv")  # (B, n, d) x 2
+    q = block.heads(q_l).expand(batch, -1, -1, -1)  # (B, H, ell, d_h)
+    attn = F.scaled_dot_product_attention(q, block.heads(k_e), block.heads(v_e),
+                                          attn_mask=key_mask)  # (B, H, ell, d_h)
+    return block.output(x_l, u_l, block.merge(attn))  # (B, ell, d)
+
+
+def xor_block(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One XOR-masked block as two rectangular attentions (links <- history, history <- links).
+
+    x_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` | None ->
+    (x_l ``(B, ell, d)``, x_e ``(B, n, d)``).  Links are never padding, so the
+    history <- links attention needs no mask.
+    """
+    batch = x_e.shape[0]
+    u_l, q_l, k_l, v_l = block.project(x_l)  # (B|1, ell, d) x 4
+    u_e, q_e, k_e, v_e = block.project(x_e)  # (B, n, d) x 4
+    a_l = F.scaled_dot_product_attention(
+        block.heads(q_l).expand(batch, -1, -1, -1), block.heads(k_e), block.heads(v_e),
+        attn_mask=key_mask)  # (B, H, ell, d_h)
+    a_e = F.scaled_dot_product_attention(
+        block.heads(q_e), block.heads(k_l).expand(batch, -1, -1, -1),
+        block.heads(v_l).expand(batch, -1, -1, -1))  # (B, H, n, d_h)
+    return block.output(x_l, u_l, block.merge(a_l)), block.output(x_e, u_e, block.merge(a_e))
+
+
+@dataclass(frozen=True)
+class CandidateTables:
+    """Per-candidate quantities stored in ``candidate_link_weights`` (user-independent).
+
+    link_weights ``(C, H*ell)`` float32: per head, softmax over the ``ell`` static links,
+    head-major (column ``h * ell + k``).
+    cand_vec ``(C, d)`` float32: ``t'_c``, the candidate vector with the output projection folded in.
+    bias ``(C,)`` float32: ``b_c``.
+    """
+
+    link_weights: Tensor
+    cand_vec: Tensor
+    bias: Tensor
+
+
+class LimeModel(nn.Module):
+    """LIME-XOR (``cfg.model == "lime-xor"``) or LIME-MHA (``"lime-mha"``).
+
+    User side: ``encode_links`` -> ``L_P`` ``(B, ell, d)``; ``link_values`` -> ``V(L_P)``.
+    Candidate side: ``W_c^h = softmax_k((t_c Q^h) . (L K^h)_k / sqrt(d_h))`` with keys
+    from the raw parameter ``L``; ``u_c = concat_h(sum_k W_c^h[k] V^h(L_P)_k)``;
+    ``score = <W_o u_c + b_o, t_c> + beta_c = <u_c, t'_c> + b_c``.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not cfg.is_lime:
+            raise ValueError(f"LimeModel needs model 'lime-xor' or 'lime-mha', got {cfg.model!r}")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = HistoryEmbedding(cfg)
+        self.links = nn.Parameter(torch.empty(cfg.n_links, d))  # L (ell, d)
+        self.blocks = nn.ModuleList(HSTUBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(d)
+        # candidate side
+        self.cand_norm = nn.LayerNorm(d)
+        self.cand_query = nn.Linear(d, d, bias=False)
+        self.link_norm = nn.LayerNorm(d)
+        self.link_key = nn.Linear(d, d, bias=False)
+        self.value = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
+        init_weights(self)
+
+    # ---- user side -------------------------------------------------------------------------
+    def encode_links(self, history: Tensor, timestamps: Tensor | None) -> Tensor:
+        """history ``(B, n)`` int64 right-aligned, timestamps ``(B, n)`` float64 | None
+        -> ``L_P`` ``(B, ell, d)``.  Every row needs at least one real item."""
+        x_e, valid = self.embed(history, timestamps)  # (B, n, d), (B, n)
+        key_mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, n)
+        x_l = self.links[None]  # (1, ell, d): identical for every user until the first block
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if self.cfg.model == "lime-xor" and i < last:
+                x_l, x_e = xor_block(block, x_l, x_e, key_mask)  # (B, ell, d), (B, n, d)
+            else:
+                # LIME-MHA blocks, and the last XOR block, whose history update feeds nothing.
+                x_l = links_from_history(block, x_l, x_e, key_mask)  # (B, ell, d)
+        return self.final_norm(x_l)  # (B, ell, d)
+
+    def link_values(self, l_p: Tensor) -> Tensor:
+        """``L_P`` ``(B, ell, d)`` -> per-user values ``V(L_P)`` ``(B, ell, d)``."""
+        return self.value(l_p)
+
+    # ---- candidate side --------------------------------------------------------------------
+    def link_keys(self) -> Tensor:
+        """``(H, ell, d_h)``: keys of the raw static links (never of ``L_P``)."""
+        k = self.link_key(self.link_norm(self.links))  # (ell, d)
+        return k.view(self.cfg.n_links, self.cfg.n_heads, self.cfg.head_dim).transpose(0, 1)
+
+    def candidate_queries(self, item_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """item_idx ``(C,)`` -> (``t_c`` ``(C, d)``, queries ``(H, C, d_h)``)."""
+        t = self.embed.item(item_idx)  # (C, d)
+        q = self.cand_query(self.cand_norm(t))  # (C, d)
+        return t, q.view(-1, self.cfg.n_heads, self.cfg.head_dim).transpose(0, 1)  # (H, C, d_h)
+
+    def candidate_tables(self, item_idx: Tensor) -> CandidateTables:
+        """item_idx ``(C,)`` int64 -> :class:`CandidateTables` (link_weights ``(C, H*ell)``,
+        cand_vec ``(C, d)``, bias ``(C,)``), all float32 and user-independent."""
+        t, q = self.candidate_queries(item_idx)  # (C, d), (H, C, d_h)
+        logits = q @ self.link_keys().transpose(1, 2) / math.sqrt(self.cfg.head_dim)  # (H, C, ell)
+        weights = logits.softmax(dim=-1).transpose(0, 1).reshape(len(item_idx), -1)  # (C, H*ell)
+        cand_vec = t @ self.out.weight  # (C, d): <W_o u + b_o, t> = <u, t W_o> + <b_o, t>
+        bias = t @ self.out.bias + self.item_bias[item_idx]  # (C,)
+        return CandidateTables(weights.float(), cand_vec.float(), bias.float())
+
+    # ---- interaction -----------------------------------------------------------------------
+    def forward_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
+        """End-to-end score, computed directly as candidate -> links cross-attention:
+        history ``(B, n)``, timestamps ``(B, n)`` | None, cand_idx ``(C,)`` -> ``(B, C)``."""
+        values = self.link_values(self.encode_links(history, timestamps))  # (B, ell, d)
+        batch = values.shape[0]
+        t, q = self.candidate_queries(cand_idx)  # (C, d), (H, C, d_h)
+        k = self.link_keys()  # (H, ell, d_h)
+        v = values.view(batch, self.cfg.n_links, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
+        u = F.scaled_dot_product_attention(q.expand(batch, -1, -1, -1), k.expand(batch, -1, -1, -1),
+                                           v)  # (B, H, C, d_h)
+        u = u.transpose(1, 2).reshape(batch, len(cand_idx), self.cfg.d_model)  # (B, C, d)
+        return (self.out(u) * t).sum(-1) + self.item_bias[cand_idx]  # (B, C)
+
+    def table_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
+        """Same scores through the cached-table path (one GEMM); used for training and evaluation."""
+        from lime_model.scoring import fold_candidates  # scoring imports nothing from here
+
+        values = self.link_values(self.encode_links(history, timestamps))  # (B, ell, d)
+        tables = self.candidate_tables(cand_idx)
+        folded = fold_candidates(tables.link_weights, tables.cand_vec, self.cfg.n_heads, self.cfg.n_links)
+        return values.reshape(values.shape[0], -1) @ folded.T + tables.bias  # (B, C)
+
+
+class FullAttentionModel(nn.Module):
+    """Skyline: causal self-attention over the history (SASRec/HSTU-like), user vector = output
+    at the newest item, ``score = <user, Emb(c)> + beta_c``.  O(n^2) per user."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.model != "full-attention":
+            raise ValueError(f"FullAttentionModel needs model 'full-attention', got {cfg.model!r}")
+        self.cfg = cfg
+        self.embed = HistoryEmbedding(cfg)
+        self.blocks = nn.ModuleList(HSTUBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model)
+        self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
+        init_weights(self)
+
+    def encode_user(self, history: Tensor, timestamps: Tensor | None) -> Tensor:
+        """history ``(B, n)`` right-aligned, timestamps ``(B, n)`` | None -> user vectors ``(B, d)``."""
+        x, valid = self.embed(history, timestamps)  # (B, n, d), (B, n)
+        batch, n, _ = x.shape
+        lengths = valid.sum(1)  # (B,)
+        shift = n - lengths  # (B,) left padding per row
+        padded = bool(shift.any())
+        if padded:
+            # Left-align so that causal attention never sees padding: row r, column j <- j + shift_r.
+            cols = (torch.arange(n, device=x.device)[None] + shift[:, None]) % n  # (B, n)
+            x = x.gather(1, cols[:, :, None].expand(-1, -1, x.shape[2]))  # (B, n, d)
+        for block in self.blocks:
+            u, q, k, v = block.project(x)  # (B, n, d) x 4
+            attn = F.scaled_dot_product_attention(block.heads(q), block.heads(k), block.heads(v),
+                                                  is_causal=True)  # (B, H, n, d_h)
+            x = block.output(x, u, block.merge(attn))  # (B, n, d)
+        last = (lengths - 1) if padded else torch.full((batch,), n - 1, device=x.device)
+        return self.final_norm(x[torch.arange(batch, device=x.device), last])  # (B, d)
+
+    def forward_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
+        """history ``(B, n)``, timestamps ``(B, n)`` | None, cand_idx ``(C,)`` -> ``(B, C)``."""
+        user = self.encode_user(history, timestamps)  # (B, d)
+        return user @ self.embed.item(cand_idx).T + self.item_bias[cand_idx]  # (B, C)
+
+    table_scores = forward_scores
+
+
+class PopularityModel(nn.Module):
+    """Scores every candidate by its training interaction count, whatever the history."""
+
+    def __init__(self, cfg: ModelConfig, counts: Tensor) -> None:
+        super().__init__()
+        if counts.shape != (cfg.num_items,):
+            raise ValueError(f"counts must have shape ({cfg.num_items},), got {tuple(counts.shape)}")
+        self.cfg = cfg
+        self.register_buffer("counts", counts.to(torch.float32), persistent=False)
+
+    def forward_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
+        """history ``(B, n)`` (only B is read) -> ``(B, C)`` counts."""
+        return self.counts[cand_idx].expand(history.shape[0], -1)  # (B, C)
+
+    table_scores = forward_scores
+
+
+def init_weights(model: nn.Module) -> None:
+    """Small normal init for embeddings and projections, unit links, zero biases."""
+    for name, p in model.named_parameters():
+        if name.endswith("links"):
+            nn.init.normal_(p, std=1.0)
+        elif name.endswith("bias") or name.endswith("item_bias"):
+            nn.init.zeros_(p)
+        elif "norm" in name:
+            nn.init.ones_(p)
+        elif p.dim() >= 2:
+            nn.init.normal_(p, std=0.02)
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
+def create_model(cfg: ModelConfig, popularity: Tensor | None = None) -> nn.Module:
+    """A fresh network for ``cfg`` (popularity needs its ``(num_items,)`` counts)."""
+    if cfg.is_lime:
+        return LimeModel(cfg)
+    if cfg.model == "full-attention":
+        return FullAttentionModel(cfg)
+    if popularity is None:
+        raise ValueError("a popularity model needs its counts")
+    return PopularityModel(cfg, popularity)

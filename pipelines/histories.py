@@ -1,0 +1,145 @@
+"""extract_histories: ``events`` up to the end of ``ds`` -> ``user_histories(ds)``.
+
+Pure DataFrame transforms (no I/O): the job reads the inputs and writes the output.
+
+Rules (DESIGN.md §2), each dropped row counted:
+
+* only events with ``ts`` before the end of ``ds`` (UTC) -> ``events_after_ds``;
+* rows with a null ``user_id``, ``item_id`` or ``ts`` -> ``null_ids``; negative ids -> ``negative_ids``;
+* exact duplicate events (same user, item, ts) kept once -> ``duplicate_events``;
+* items unknown to the model vocabulary -> ``unknown_items`` (the user stays, possibly
+  with an empty history: that user gets the popularity list downstream);
+* the last ``max_history`` events by time, ties broken by item id -> ``truncated_events``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipelines.columns import INTEGER, TIMESTAMP, require_columns
+from pipelines.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+MAX_HISTORY_LIMIT = 100_000
+
+# count name -> meaning (the audit record carries every one of them)
+DROP_COUNTS = (
+    "events_read", "events_after_ds", "null_ids", "negative_ids", "duplicate_events",
+    "unknown_items", "truncated_events",
+)
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    ds: str
+    max_history: int
+
+    def __post_init__(self) -> None:
+        try:
+            dt.date.fromisoformat(self.ds)
+        except ValueError:
+            raise ConfigError(f"ds must be YYYY-MM-DD, got {self.ds!r}") from None
+        if not 1 <= self.max_history <= MAX_HISTORY_LIMIT:
+            raise ConfigError(f"max_history must be in [1, {MAX_HISTORY_LIMIT}], got {self.max_history}")
+
+    @property
+    def end_exclusive(self) -> str:
+        """First instant after ``ds`` (UTC), as a timestamp literal."""
+        return f"{dt.date.fromisoformat(self.ds) + dt.timedelta(days=1)} 00:00:00"
+
+
+def check_events_schema(events: DataFrame) -> None:
+    require_columns("events", events.schema, {"user_id": INTEGER, "item_id": INTEGER, "ts": TIMESTAMP})
+
+
+def prune_events(events: DataFrame, ds: str) -> DataFrame:
+    """Keep only partitions that can hold events up to ``ds`` when the table is date-partitioned."""
+    from pyspark.sql import functions as F
+
+    if "event_date" in events.columns and events.schema["event_date"].dataType.simpleString() == "string":
+        return events.where(F.col("event_date") <= F.lit(ds))
+    return events
+
+
+def flag_events(events: DataFrame, cfg: HistoryConfig) -> DataFrame:
+    """(user_id bigint, item_id bigint, ts timestamp) plus boolean drop flags."""
+    from pyspark.sql import functions as F
+
+    end = F.to_timestamp(F.lit(cfg.end_exclusive))
+    ts = F.col("ts").cast("timestamp")
+    return events.select(
+        F.col("user_id").cast("bigint").alias("user_id"),
+        F.col("item_id").cast("bigint").alias("item_id"),
+        ts.alias("ts"),
+    ).select(
+        "*",
+        (F.col("user_id").isNull() | F.col("item_id").isNull() | F.col("ts").isNull()).alias("is_null"),
+        ((F.col("user_id") < 0) | (F.col("item_id") < 0)).alias("is_negative"),
+        (F.col("ts") >= end).alias("is_future"),
+    )
+
+
+def drop_counts(flagged: DataFrame) -> dict[str, int]:
+    """One pass: rows read and rows dropped for null ids, negative ids, events after ds."""
+    from pyspark.sql import functions as F
+
+    row = flagged.agg(
+        F.count(F.lit(1)).alias("events_read"),
+        F.sum(F.col("is_null").cast("long")).alias("null_ids"),
+        F.sum((~F.col("is_null") & F.col("is_negative")).cast("long")).alias("negative_ids"),
+        F.sum((~F.col("is_null") & ~F.col("is_negative") & F.col("is_future")).cast("long")).alias("events_after_ds"),
+    ).head()
+    return {k: int(row[k] or 0) for k in ("events_read", "null_ids", "negative_ids", "events_after_ds")}
+
+
+def user_event_lists(flagged: DataFrame, known_items: DataFrame, cfg: HistoryConfig) -> DataFrame:
+    """Per user: deduplicated event count and the time-sorted known events.
+
+    Columns: user_id, n_events (distinct valid events), events array<struct<ts, item_id>>
+    (known items only, ascending by (ts, item_id)).
+    """
+    from pyspark.sql import functions as F
+
+    valid = flagged.where(~F.col("is_null") & ~F.col("is_negative") & ~F.col("is_future"))
+    distinct = valid.select("user_id", "item_id", "ts").dropDuplicates(["user_id", "item_id", "ts"])
+    vocab = F.broadcast(known_items.select(F.col("item_id").cast("bigint")).distinct()
+                        .withColumn("known", F.lit(True)))
+    tagged = distinct.join(vocab, "item_id", "left")
+    return tagged.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("n_events"),
+        F.sort_array(F.collect_list(F.when(F.col("known"), F.struct("ts", "item_id")))).alias("events"),
+    )
+
+
+def to_histories(per_user: DataFrame, cfg: HistoryConfig) -> DataFrame:
+    """``user_histories`` rows (ds, user_id, item_ids, ts, n) from :func:`user_event_lists`."""
+    from pyspark.sql import functions as F
+
+    size = F.size("events")
+    last = F.slice("events", F.greatest(size - F.lit(cfg.max_history) + 1, F.lit(1)), cfg.max_history)
+    return per_user.select(
+        F.lit(cfg.ds).alias("ds"),
+        "user_id",
+        F.transform(last, lambda e: e["item_id"]).alias("item_ids"),
+        F.transform(last, lambda e: e["ts"]).alias("ts"),
+        F.size(last).cast("int").alias("n"),
+    )
+
+
+def kept_counts(per_user: DataFrame, cfg: HistoryConfig) -> dict[str, int]:
+    """One pass over the per-user lists: distinct events, known events, truncation, users."""
+    from pyspark.sql import functions as F
+
+    size = F.size("events")
+    row = per_user.agg(
+        F.sum("n_events").alias("distinct_events"),
+        F.sum(size).alias("known_events"),
+        F.sum(F.greatest(size - F.lit(cfg.max_history), F.lit(0))).alias("truncated_events"),
+        F.count(F.lit(1)).alias("users"),
+        F.sum((size == 0).cast("long")).alias("users_without_known_items"),
+    ).head()
+    return {k: int(row[k] or 0) for k in row.asDict()}

@@ -1,0 +1,310 @@
+"""The four nightly stages: read through the table layer, transform, write one commit, audit.
+
+Each stage is idempotent per ``ds``: it overwrites its own partition in one
+atomic commit keyed by ``<stage>:ds=<ds>:run=<run_id>``.  A retry of the same run
+(same run id, e.g. an Airflow task retry after the commit landed) finds that key
+committed and does nothing; a new run replaces the partition with identical
+content when the inputs are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.audit import STATUS_SKIPPED, AuditRecord, audited
+from pipelines.errors import ModelVersionMismatchError, PartitionNotFoundError
+from pipelines.lakehouse import CommitResult, TableStore
+from pipelines.model_runtime import check_pipeline_model
+from pipelines.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS, RECOMMENDATIONS, USER_HISTORIES, USER_LINKS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from lime_model.checkpoint import Checkpoint
+    from pipelines.inference import InferenceConfig
+    from pipelines.scoring import ScoringConfig
+
+log = logging.getLogger(__name__)
+
+EXTRACT_HISTORIES = "extract_histories"
+PRECOMPUTE_CANDIDATES = "precompute_candidates"
+INFER_USER_LINKS = "infer_user_links"
+SCORE_TOPK = "score_topk"
+STAGES = (EXTRACT_HISTORIES, PRECOMPUTE_CANDIDATES, INFER_USER_LINKS, SCORE_TOPK)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run shares."""
+
+    spark: SparkSession
+    store: TableStore
+    ds: str
+    run_id: str
+    checkpoint_path: str
+    checkpoint: Checkpoint = field(repr=False)
+
+    @classmethod
+    def open(cls, spark: SparkSession, store: TableStore, ds: str, run_id: str, checkpoint_path: str) -> RunContext:
+        from lime_model.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint_path)
+        check_pipeline_model(checkpoint.config, checkpoint_path)
+        return cls(spark, store, ds, run_id, checkpoint_path, checkpoint)
+
+    @property
+    def model_version(self) -> str:
+        return self.checkpoint.model_version
+
+    def app_id(self, stage: str) -> str:
+        return f"{stage}:ds={self.ds}:run={self.run_id}"
+
+    def vocabulary(self) -> DataFrame:
+        ids = pa.table({"item_id": pa.array(self.checkpoint.vocab.item_ids, pa.int64())})
+        return self.spark.createDataFrame(ids)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    ds: str
+    commit: CommitResult | None
+    metrics: dict[str, object]
+
+    @property
+    def skipped(self) -> bool:
+        return self.commit is None or self.commit.skipped
+
+
+def _timed(record: AuditRecord, name: str, fn: Callable[[], object]) -> object:
+    t0 = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        record.timing(name, time.perf_counter() - t0)
+
+
+def _already_done(ctx: RunContext, record: AuditRecord, spec_name: str, app_id: str) -> StageResult | None:
+    spec = {USER_HISTORIES.name: USER_HISTORIES, USER_LINKS.name: USER_LINKS,
+            RECOMMENDATIONS.name: RECOMMENDATIONS, CANDIDATE_LINK_WEIGHTS.name: CANDIDATE_LINK_WEIGHTS}[spec_name]
+    version = ctx.store.committed_version(spec, app_id)
+    if version is None:
+        return None
+    record.status = STATUS_SKIPPED
+    record.metrics["skipped_reason"] = f"{app_id} already committed to {spec_name}"
+    log.info("%s: %s already committed; nothing to redo", record.job, app_id)
+    return StageResult(record.job, ctx.ds, None, dict(record.metrics))
+
+
+def _finish(record: AuditRecord, commit: CommitResult) -> StageResult:
+    record.table_version = commit.version
+    record.count("rows_written", commit.rows)
+    record.count("files_written", commit.files)
+    return StageResult(record.job, record.ds, commit, dict(record.metrics))
+
+
+# --- extract_histories --------------------------------------------------------------------------
+def extract_histories(ctx: RunContext, max_history: int) -> StageResult:
+    from pyspark import StorageLevel
+
+    from pipelines import histories as h
+
+    cfg = h.HistoryConfig(ds=ctx.ds, max_history=max_history)
+    app_id = ctx.app_id(EXTRACT_HISTORIES)
+    with audited(ctx.store, EXTRACT_HISTORIES, ctx.ds, ctx.run_id) as record:
+        record.model_version = ctx.model_version
+        done = _already_done(ctx, record, USER_HISTORIES.name, app_id)
+        if done:
+            return done
+        events = ctx.store.read_table("events")
+        h.check_events_schema(events)
+        flagged = h.flag_events(h.prune_events(events, ctx.ds), cfg)
+        drops = _timed(record, "scan_events", lambda: h.drop_counts(flagged))
+        per_user = h.user_event_lists(flagged, ctx.vocabulary(), cfg).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            kept = _timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
+            assert isinstance(drops, dict) and isinstance(kept, dict)
+            valid = drops["events_read"] - drops["null_ids"] - drops["negative_ids"] - drops["events_after_ds"]
+            counts = {
+                **drops,
+                "duplicate_events": valid - kept["distinct_events"],
+                "unknown_items": kept["distinct_events"] - kept["known_events"],
+                "truncated_events": kept["truncated_events"],
+                "users": kept["users"],
+                "users_without_known_items": kept["users_without_known_items"],
+                "history_events": kept["known_events"] - kept["truncated_events"],
+            }
+            for name, value in counts.items():
+                record.count(name, value)
+            if kept["users"] == 0:
+                raise PartitionNotFoundError(
+                    "events", {"event_date": f"<= {ctx.ds}"},
+                    hint=f" with usable ids up to the end of ds={ctx.ds} ({drops['events_read']} row(s) read)",
+                )
+            commit = _timed(record, "write", lambda: ctx.store.write(
+                h.to_histories(per_user, cfg), USER_HISTORIES, mode="overwrite", partition={"ds": ctx.ds},
+                app_id=app_id, metadata={"model_version": ctx.model_version, "max_history": max_history}))
+        finally:
+            per_user.unpersist()
+        assert isinstance(commit, CommitResult)
+        return _finish(record, commit)
+
+
+# --- precompute_candidates ------------------------------------------------------------------------
+def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
+    """Skipped when this model version's candidates were built from the current catalogue version."""
+    from pipelines.candidates import candidate_rows, catalogue_in_vocabulary
+    from pipelines.errors import EmptyCatalogueError
+
+    items_version = ctx.store.version(ITEMS)
+    if items_version is None:
+        from pipelines.errors import TableNotFoundError
+
+        raise TableNotFoundError("items", ctx.store.uri("items"))
+    app_id = f"{PRECOMPUTE_CANDIDATES}:model_version={ctx.model_version}:items@v{items_version}"
+    with audited(ctx.store, PRECOMPUTE_CANDIDATES, ctx.ds, ctx.run_id) as record:
+        record.model_version = ctx.model_version
+        record.metrics["items_version"] = items_version
+        done = _already_done(ctx, record, CANDIDATE_LINK_WEIGHTS.name, app_id)
+        if done:
+            return done
+        ids = catalogue_in_vocabulary(ctx.store.read_table("items"), ctx.vocabulary()).persist()
+        try:
+            catalogue = ids.count()
+            record.count("candidates", catalogue)
+            if catalogue == 0:
+                raise EmptyCatalogueError(
+                    f"no item of table 'items' is in the vocabulary of model {ctx.model_version}: nothing to score"
+                )
+            rows = candidate_rows(ids.repartition(max(1, min(ctx.spark.sparkContext.defaultParallelism,
+                                                            catalogue // 4096 + 1))),
+                                  ctx.checkpoint_path, ctx.model_version, device)
+            commit = _timed(record, "write", lambda: ctx.store.write(
+                rows, CANDIDATE_LINK_WEIGHTS, mode="overwrite", partition={"model_version": ctx.model_version},
+                app_id=app_id, metadata={"items_version": items_version}))
+        finally:
+            ids.unpersist()
+        assert isinstance(commit, CommitResult)
+        return _finish(record, commit)
+
+
+# --- infer_user_links -------------------------------------------------------------------------------
+def _require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> None:
+    spec = {USER_HISTORIES.name: USER_HISTORIES, USER_LINKS.name: USER_LINKS}[spec_name]
+    if ctx.store.partition_rows(spec, {"ds": ctx.ds}) == 0:
+        raise PartitionNotFoundError(spec_name, {"ds": ctx.ds}, hint=f"; run {stage_hint} for ds={ctx.ds} first")
+
+
+def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
+    from pipelines.inference import TaskRecords, infer_user_links as infer
+
+    app_id = ctx.app_id(INFER_USER_LINKS)
+    with audited(ctx.store, INFER_USER_LINKS, ctx.ds, ctx.run_id) as record:
+        record.model_version = ctx.model_version
+        done = _already_done(ctx, record, USER_LINKS.name, app_id)
+        if done:
+            return done
+        _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
+        histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
+        records = ctx.spark.sparkContext.accumulator([], TaskRecords())
+        partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
+        links = infer(histories, cfg, ctx.ds, records, partitions)
+        commit = _timed(record, "infer_and_write", lambda: ctx.store.write(
+            links, USER_LINKS, mode="overwrite", partition={"ds": ctx.ds}, app_id=app_id,
+            metadata={"model_version": ctx.model_version}))
+        assert isinstance(commit, CommitResult)
+        tasks = sorted(records.value, key=lambda r: (r["partition"], r["attempt"]))
+        record.count("users", sum(int(t["users"]) for t in tasks))
+        record.count("tokens", sum(int(t["tokens"]) for t in tasks))
+        record.metrics["partitions"] = partitions
+        record.metrics["devices"] = sorted({str(t["device"]) for t in tasks})
+        record.metrics["gpus_assigned"] = sorted({g for t in tasks for g in t["gpus"]})
+        record.metrics["tasks"] = tasks[:256]
+        return _finish(record, commit)
+
+
+# --- score_topk ----------------------------------------------------------------------------------------
+def _candidate_count(ctx: RunContext) -> int:
+    rows = ctx.store.partition_rows(CANDIDATE_LINK_WEIGHTS, {"model_version": ctx.model_version})
+    if rows == 0:
+        present: list[str] = []
+        if ctx.store.exists(CANDIDATE_LINK_WEIGHTS):
+            df = ctx.store.read(CANDIDATE_LINK_WEIGHTS)
+            present = sorted(r.model_version for r in df.select("model_version").distinct().limit(10).collect())
+        raise ModelVersionMismatchError(
+            f"table 'candidate_link_weights' has no rows for model_version {ctx.model_version} "
+            f"(it holds {present or 'none'}); run precompute-candidates with this checkpoint"
+        )
+    return rows
+
+
+def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
+    from pyspark.sql import functions as F
+
+    from pipelines import scoring as s
+    from pipelines.candidates import candidate_matrix
+    from pipelines.quality import check_recommendations
+
+    app_id = ctx.app_id(SCORE_TOPK)
+    with audited(ctx.store, SCORE_TOPK, ctx.ds, ctx.run_id) as record:
+        record.model_version = ctx.model_version
+        done = _already_done(ctx, record, RECOMMENDATIONS.name, app_id)
+        if done:
+            return done
+        _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
+        histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
+        links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
+        versions = sorted(r.model_version for r in links.select("model_version").distinct().collect())
+        if versions and versions != [ctx.model_version]:
+            raise ModelVersionMismatchError(
+                f"table 'user_links' (ds={ctx.ds}) holds model_version {versions}, but the checkpoint "
+                f"and candidate_link_weights are {ctx.model_version}; re-run infer-user-links"
+            )
+        n_candidates = _candidate_count(ctx)
+        s.check_top_k(cfg.top_k, n_candidates)
+        mc = ctx.checkpoint.config
+        row_bytes = 4 * (mc.n_heads * mc.n_links + mc.d_model + 1) + 8
+        mode, shards = s.plan_mode(cfg, n_candidates * row_bytes)
+        record.metrics.update(candidate_mode=mode, shards=shards, candidates=n_candidates)
+        candidates = ctx.store.read(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
+        broadcast = None
+        files: list[str] = []
+        if mode == "broadcast":
+            matrix = candidate_matrix(candidates.drop("model_version").toArrow(), mc.n_heads, mc.n_links,
+                                      mc.d_model)
+            candidate_ids = matrix.item_ids
+            broadcast = ctx.spark.sparkContext.broadcast(matrix)
+        else:
+            candidate_ids = np.sort(candidates.select("item_id").toArrow().column("item_id").to_numpy())
+            files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
+        users = links.select("user_id", "l_p").join(
+            histories.select("user_id", F.col("item_ids").alias("seen")), "user_id", "left")
+        model_rows = s.model_topk(users, cfg, mode=mode, candidate_ids=candidate_ids, broadcast=broadcast,
+                                  files=files, shards=shards)
+        popular = s.popular_items(histories, candidate_ids, cfg.top_k)
+        record.metrics["popular_items"] = [p[1] for p in popular]
+        recs = s.recommendations(model_rows, histories.where(F.col("n") == 0), popular, ds=ctx.ds,
+                                 model_version=ctx.model_version).persist()
+        try:
+            ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
+            report = _timed(record, "score_and_gate", lambda: check_recommendations(
+                recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
+                exclude_seen=cfg.exclude_seen, user_links=links))
+            record.metrics["quality"] = report.summary()  # type: ignore[union-attr]
+            report.raise_if_failed()  # type: ignore[union-attr]
+            commit = _timed(record, "write", lambda: ctx.store.write(
+                recs, RECOMMENDATIONS, mode="overwrite", partition={"ds": ctx.ds}, app_id=app_id,
+                metadata={"model_version": ctx.model_version, "top_k": cfg.top_k}))
+        finally:
+            recs.unpersist()
+            if broadcast is not None:
+                broadcast.destroy()
+        assert isinstance(commit, CommitResult)
+        return _finish(record, commit)

@@ -1,0 +1,150 @@
+"""The data-quality gate on ``recommendations(ds)``.
+
+Run twice: by score_topk on the rows it is about to commit (a failing gate commits
+nothing), and by validate_publish on the committed partition before it is
+published.  Checks:
+
+* ``rows_per_user``: K rows per user, fewer only when the user has fewer eligible
+  candidates (catalogue minus seen items when seen items are excluded);
+* ``ranks``: ranks are exactly 1..rows; ``distinct_items``: no item twice for a user;
+* ``finite_scores``: no NaN or infinite score;
+* ``model_version``: every row (and every ``user_links`` row) carries the run's model version;
+* ``users``: the users of ``user_histories(ds)`` and of ``recommendations(ds)`` are the same;
+* ``sources``: users with a history get ``model`` rows, users without one ``popular`` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pipelines.errors import QualityGateError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    table: str
+    ds: str
+    checks: list[Check] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            lines = "; ".join(f"{c.name}: {c.detail}" for c in self.failures)
+            raise QualityGateError(f"quality gate failed for {self.table}(ds={self.ds}): {lines}")
+
+    def summary(self) -> dict[str, object]:
+        return {"passed": self.passed, "checks": {c.name: c.passed for c in self.checks}, **self.stats}
+
+
+def check_recommendations(
+    recs: DataFrame,
+    histories: DataFrame,
+    candidate_ids: DataFrame,
+    *,
+    ds: str,
+    top_k: int,
+    model_version: str,
+    exclude_seen: bool,
+    user_links: DataFrame | None = None,
+) -> QualityReport:
+    """Gate ``recs`` (recommendations rows of ``ds``) against the run's inputs.
+
+    ``histories``: user_histories(ds) (user_id, item_ids, n); ``candidate_ids``: (item_id) of
+    the candidate table; ``user_links``: user_links(ds), to check its model_version too.
+    """
+    from pyspark.sql import functions as F
+
+    catalogue = candidate_ids.select("item_id").distinct().count()
+    per_user = recs.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.min("rank").alias("min_rank"),
+        F.max("rank").alias("max_rank"),
+        F.countDistinct("rank").alias("ranks"),
+        F.countDistinct("item_id").alias("items"),
+        F.sum((F.isnan("score") | F.col("score").isNull()
+               | (F.abs("score") == float("inf"))).cast("long")).alias("bad_scores"),
+        F.sum((F.col("model_version") != F.lit(model_version)).cast("long")).alias("bad_versions"),
+        F.min("source").alias("source_min"),
+        F.max("source").alias("source_max"),
+    )
+    users = histories.select("user_id", "n", "item_ids")
+    if exclude_seen:
+        seen = (
+            users.select("user_id", F.explode(F.array_distinct("item_ids")).alias("item_id"))
+            .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
+            .groupBy("user_id").agg(F.count(F.lit(1)).alias("seen_candidates"))
+        )
+        users = users.join(seen, "user_id", "left").fillna(0, ["seen_candidates"])
+    else:
+        users = users.withColumn("seen_candidates", F.lit(0))
+    joined = users.join(per_user, "user_id", "full_outer")
+    expected = F.least(F.lit(top_k), F.lit(catalogue) - F.col("seen_candidates"))
+    expected = F.when(F.col("n") > 0, expected).otherwise(F.lit(min(top_k, catalogue)))
+    stats_row = joined.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.sum(F.col("rows").isNull().cast("long")).alias("users_without_recommendations"),
+        F.sum(F.col("n").isNull().cast("long")).alias("users_not_in_histories"),
+        F.sum((F.col("rows").isNotNull() & F.col("n").isNotNull() & (F.col("rows") != expected))
+              .cast("long")).alias("users_with_wrong_row_count"),
+        F.sum((F.col("rows").isNotNull() & (F.col("rows") < F.lit(top_k))).cast("long")).alias("users_short_of_k"),
+        F.sum((F.col("rows").isNotNull() & ((F.col("min_rank") != 1) | (F.col("max_rank") != F.col("rows"))
+                                            | (F.col("ranks") != F.col("rows")))).cast("long")).alias("bad_ranks"),
+        F.sum((F.col("rows").isNotNull() & (F.col("items") != F.col("rows"))).cast("long")).alias("repeated_items"),
+        F.sum(F.coalesce(F.col("bad_scores"), F.lit(0))).alias("non_finite_scores"),
+        F.sum(F.coalesce(F.col("bad_versions"), F.lit(0))).alias("rows_with_other_version"),
+        F.sum((F.col("rows").isNotNull() & F.col("n").isNotNull() & (
+            (F.col("source_min") != F.col("source_max"))
+            | ((F.col("n") > 0) & (F.col("source_min") != F.lit("model")))
+            | ((F.col("n") == 0) & (F.col("source_min") != F.lit("popular")))
+        )).cast("long")).alias("users_with_wrong_source"),
+        F.sum(F.coalesce(F.col("rows"), F.lit(0))).alias("rows"),
+        F.sum((F.col("n") == 0).cast("long")).alias("popular_users"),
+    ).head()
+    stats = {k: int(stats_row[k] or 0) for k in stats_row.asDict()}
+    stats["catalogue"] = catalogue
+    link_versions: list[str] = []
+    if user_links is not None:
+        link_versions = sorted(r.model_version for r in user_links.select("model_version").distinct().collect())
+
+    checks = [
+        Check("rows_per_user", stats["users_with_wrong_row_count"] == 0,
+              f"{stats['users_with_wrong_row_count']} user(s) without min(K={top_k}, eligible) rows"),
+        Check("ranks", stats["bad_ranks"] == 0, f"{stats['bad_ranks']} user(s) whose ranks are not 1..rows"),
+        Check("distinct_items", stats["repeated_items"] == 0,
+              f"{stats['repeated_items']} user(s) with an item recommended twice"),
+        Check("finite_scores", stats["non_finite_scores"] == 0,
+              f"{stats['non_finite_scores']} NaN/infinite score(s)"),
+        Check("model_version",
+              stats["rows_with_other_version"] == 0 and link_versions in ([], [model_version]),
+              f"{stats['rows_with_other_version']} row(s) not of {model_version}; user_links versions {link_versions}"),
+        Check("users", stats["users_without_recommendations"] == 0 and stats["users_not_in_histories"] == 0,
+              f"{stats['users_without_recommendations']} user(s) of user_histories lost, "
+              f"{stats['users_not_in_histories']} user(s) not in user_histories"),
+        Check("sources", stats["users_with_wrong_source"] == 0,
+              f"{stats['users_with_wrong_source']} user(s) with the wrong source"),
+    ]
+    report = QualityReport("recommendations", ds, checks, stats)
+    log.info("quality gate recommendations(ds=%s): %s", ds, report.summary())
+    return report

@@ -1,0 +1,305 @@
+"""score_topk: ``user_links(ds)`` x ``candidate_link_weights(model_version)`` -> exact top-K per user.
+
+Like Spark MLlib's ``recommendForAllUsers``, users are scored in blocks with a
+matrix product and a bounded top-K per block, never as user x candidate rows:
+
+* **broadcast** (the candidate matrix fits ``broadcast_max_bytes``): the compact
+  table (``W_c``, ``t'_c``, ``b_c``: ``(H*ell + d + 1)`` floats per item) is
+  broadcast once per executor; each task walks its users in blocks and the
+  candidates in blocks, folding each candidate block into ``(C_b, ell*d)`` on the
+  fly (``lime_model.scoring.fold_candidates``) so one GEMM scores it, and keeps a
+  running exact top-K;
+* **sharded** (it does not fit): candidates are split into id ranges; every task
+  reads only its shard's rows from the table files, keeps a per-shard top-K, and
+  the per-shard lists (``shards x K`` rows per user) are merged by a window.
+
+Both give the same lists: score descending, item id ascending on ties.  Seen items
+are excluded when ``exclude_seen``; users without a usable history get the
+popularity list (``source='popular'``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import reduce
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.candidates import CandidateMatrix, candidate_matrix
+from pipelines.errors import ConfigError, TopKTooLargeError
+from pipelines.model_runtime import DEVICE_POLICIES, load_model, task_device
+
+if TYPE_CHECKING:
+    import torch
+    from pyspark.sql import DataFrame
+
+CANDIDATE_MODES = ("auto", "broadcast", "sharded")
+SOURCE_MODEL = "model"
+SOURCE_POPULAR = "popular"
+MAX_TOP_K = 10_000
+TOPK_SCHEMA = pa.schema([
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("item_id", pa.int64(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+])
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    checkpoint: str
+    model_version: str
+    top_k: int
+    exclude_seen: bool = True
+    candidate_mode: str = "auto"
+    broadcast_max_bytes: int = 512 * 1024 * 1024
+    shards: int | None = None
+    candidate_block: int = 8192
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ConfigError(f"top_k must be in [1, {MAX_TOP_K}], got {self.top_k}")
+        if self.candidate_mode not in CANDIDATE_MODES:
+            raise ConfigError(f"candidate mode must be one of {list(CANDIDATE_MODES)}, got {self.candidate_mode!r}")
+        if self.broadcast_max_bytes < 1:
+            raise ConfigError(f"broadcast_max_bytes must be >= 1, got {self.broadcast_max_bytes}")
+        if self.shards is not None and self.shards < 1:
+            raise ConfigError(f"shards must be >= 1, got {self.shards}")
+        if self.candidate_block < 1:
+            raise ConfigError(f"candidate_block must be >= 1, got {self.candidate_block}")
+        if self.device not in DEVICE_POLICIES:
+            raise ConfigError(f"scoring device must be one of {list(DEVICE_POLICIES)}, got {self.device!r}")
+
+
+# --- the kernel (runs in tasks; pure numpy/torch) ------------------------------------------
+def seen_positions(seen: pa.Array | pa.ChunkedArray | None, candidate_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, candidate position) of every seen item that is a candidate."""
+    if seen is None:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    lengths = pc.list_value_length(seen).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.searchsorted(candidate_ids, flat)
+    hit = pos < len(candidate_ids)
+    hit[hit] = candidate_ids[pos[hit]] == flat[hit]
+    return rows[hit], pos[hit]
+
+
+def topk_against(values: torch.Tensor, cands: CandidateMatrix, n_heads: int, n_links: int, k: int,
+                 excluded: tuple[np.ndarray, np.ndarray], block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """values ``(B, ell, d)`` = ``V(L_P)`` -> exact top-k (ids ``(B, k)``, scores ``(B, k)``) over ``cands``.
+
+    Candidate blocks of ``block`` rows are folded to ``(C_b, ell*d)`` and scored with one
+    GEMM each; ``excluded`` (rows, candidate positions) are never returned.
+    """
+    import torch
+
+    from lime_model.scoring import fold_candidates, score_folded
+    from lime_model.topk import PAD_ID, exact_topk, merge_topk
+
+    batch = values.shape[0]
+    device = values.device
+    best_ids = torch.full((batch, k), PAD_ID, dtype=torch.int64, device=device)
+    best_scores = torch.full((batch, k), float("-inf"), dtype=torch.float32, device=device)
+    ex_rows, ex_pos = excluded
+    for lo in range(0, len(cands), block):
+        hi = min(lo + block, len(cands))
+        part = cands.slice(lo, hi)
+        folded = fold_candidates(torch.from_numpy(part.link_weights).to(device),
+                                 torch.from_numpy(part.cand_vec).to(device), n_heads, n_links)  # (C_b, ell*d)
+        scores = score_folded(values, folded, torch.from_numpy(part.bias).to(device))  # (B, C_b)
+        sel = (ex_pos >= lo) & (ex_pos < hi)
+        if sel.any():
+            scores[torch.from_numpy(ex_rows[sel]), torch.from_numpy(ex_pos[sel] - lo)] = float("-inf")
+        ids, top = exact_topk(scores.float(), torch.from_numpy(part.item_ids).to(device), k)
+        best_ids, best_scores = merge_topk(best_ids, best_scores, ids, top, k)
+    return best_ids, best_scores
+
+
+def topk_rows(user_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> pa.RecordBatch:
+    """(user_id, rank, item_id, score) rows from per-user lists; padding (-1) dropped."""
+    keep = ids >= 0
+    batch, k = ids.shape
+    ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), (batch, k))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.repeat(user_ids, keep.sum(axis=1)), pa.int64()), pa.array(ranks[keep], pa.int32()),
+         pa.array(ids[keep], pa.int64()), pa.array(scores[keep].astype(np.float32), pa.float32())],
+        schema=TOPK_SCHEMA,
+    )
+
+
+# --- where a task finds its candidates -----------------------------------------------------
+class CandidateSource(Protocol):
+    def load(self, n_heads: int, n_links: int, d_model: int) -> CandidateMatrix: ...
+
+
+@dataclass(frozen=True)
+class BroadcastCandidates:
+    """The whole matrix, shipped once per executor as a Spark broadcast of numpy arrays."""
+
+    broadcast: object  # pyspark.Broadcast[CandidateMatrix]
+
+    def load(self, n_heads: int, n_links: int, d_model: int) -> CandidateMatrix:
+        return self.broadcast.value  # type: ignore[attr-defined,no-any-return]
+
+
+_shard_cache: dict[tuple[object, ...], CandidateMatrix] = {}
+
+
+@dataclass(frozen=True)
+class ShardCandidates:
+    """Candidates with ``lo <= item_id < hi``, read by the task from the table's files."""
+
+    files: tuple[str, ...]
+    lo: int
+    hi: int
+
+    def load(self, n_heads: int, n_links: int, d_model: int) -> CandidateMatrix:
+        import pyarrow.dataset as pads
+
+        key = (self.files, self.lo, self.hi)
+        if key not in _shard_cache:
+            data = pads.dataset(list(self.files), format="parquet")
+            field = pads.field("item_id")
+            table = data.to_table(filter=(field >= self.lo) & (field < self.hi))
+            _shard_cache.clear()  # one shard per worker at a time: the memory bound holds
+            _shard_cache[key] = candidate_matrix(table, n_heads, n_links, d_model)
+        return _shard_cache[key]
+
+
+def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):  # noqa: ANN202 - Spark callable
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        device, _ = task_device(cfg.device)
+        loaded = load_model(cfg.checkpoint, cfg.model_version, device)
+        mc = loaded.config
+        cands = source.load(mc.n_heads, mc.n_links, mc.d_model)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
+            l_p = torch.from_numpy(flat.astype(np.float32, copy=False)).view(
+                batch.num_rows, mc.n_links, mc.d_model).to(device)  # (B, ell, d)
+            seen = batch.column("seen") if cfg.exclude_seen else None
+            excluded = seen_positions(seen, cands.item_ids)
+            with torch.inference_mode():
+                values = loaded.model.link_values(l_p).float()  # (B, ell, d)
+                ids, scores = topk_against(values, cands, mc.n_heads, mc.n_links, k, excluded,
+                                           cfg.candidate_block)
+            user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
+            yield topk_rows(user_ids, ids.cpu().numpy(), scores.cpu().numpy())
+
+    return run
+
+
+# --- driver side -----------------------------------------------------------------------------
+def shard_bounds(item_ids: np.ndarray, shards: int) -> list[tuple[int, int]]:
+    """Contiguous id ranges ``[lo, hi)`` with about ``len/shards`` candidates each (ids sorted)."""
+    if len(item_ids) == 0:
+        return []
+    cuts = [int(item_ids[min(len(item_ids) - 1, (len(item_ids) * s) // shards)]) for s in range(shards)]
+    bounds = sorted(set(cuts))
+    edges = [*bounds, int(item_ids[-1]) + 1]
+    return [(edges[i], edges[i + 1]) for i in range(len(bounds))]
+
+
+def plan_mode(cfg: ScoringConfig, matrix_bytes: int) -> tuple[str, int]:
+    """(mode, shards) for a candidate matrix of ``matrix_bytes``."""
+    if cfg.candidate_mode == "broadcast":
+        return "broadcast", 1
+    if cfg.candidate_mode == "sharded":
+        return "sharded", cfg.shards or max(2, math.ceil(matrix_bytes / cfg.broadcast_max_bytes))
+    if matrix_bytes <= cfg.broadcast_max_bytes:
+        return "broadcast", 1
+    return "sharded", cfg.shards or math.ceil(matrix_bytes / cfg.broadcast_max_bytes)
+
+
+def check_top_k(top_k: int, catalogue_size: int) -> None:
+    if top_k > catalogue_size:
+        raise TopKTooLargeError(
+            f"top_k={top_k} exceeds the {catalogue_size} candidate(s) in candidate_link_weights; "
+            "lower --top-k or grow the catalogue"
+        )
+
+
+def model_topk(
+    users: DataFrame,
+    cfg: ScoringConfig,
+    *,
+    mode: str,
+    candidate_ids: np.ndarray,
+    broadcast: object | None = None,
+    files: Sequence[str] = (),
+    shards: int = 1,
+) -> DataFrame:
+    """(user_id, rank, item_id, score) for ``users`` (user_id, l_p, seen) — lazy."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    schema = from_arrow_schema(TOPK_SCHEMA)
+    if mode == "broadcast":
+        assert broadcast is not None
+        return users.mapInArrow(_score_task(cfg, BroadcastCandidates(broadcast), cfg.top_k), schema)
+    parts = [
+        users.mapInArrow(_score_task(cfg, ShardCandidates(tuple(files), lo, hi), cfg.top_k), schema)
+        for lo, hi in shard_bounds(candidate_ids, shards)
+    ]
+    merged = reduce(lambda a, b: a.unionByName(b), parts)
+    order = Window.partitionBy("user_id").orderBy(F.desc("score"), F.asc("item_id"))
+    return (
+        merged.withColumn("rank", F.row_number().over(order).cast("int"))
+        .where(F.col("rank") <= cfg.top_k)
+        .select("user_id", "rank", "item_id", "score")
+    )
+
+
+def popular_items(histories: DataFrame, candidate_ids: np.ndarray, k: int) -> list[tuple[int, int, float]]:
+    """The popularity list: (rank, item_id, score=count) of the k candidates seen most in the
+    histories of ds (count desc, item id asc), filled with unseen candidates by id if needed."""
+    from pyspark.sql import functions as F
+
+    spark = histories.sparkSession
+    cands = spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
+    counts = (
+        histories.select(F.explode("item_ids").alias("item_id"))
+        .groupBy("item_id").count()
+        .join(F.broadcast(cands), "item_id", "left_semi")
+        .orderBy(F.desc("count"), F.asc("item_id"))
+        .limit(k)
+        .collect()
+    )
+    chosen = [(int(r.item_id), float(r["count"])) for r in counts]
+    if len(chosen) < k:
+        taken = {i for i, _ in chosen}
+        chosen += [(int(i), 0.0) for i in candidate_ids if int(i) not in taken][: k - len(chosen)]
+    return [(rank, item, score) for rank, (item, score) in enumerate(chosen, start=1)]
+
+
+def recommendations(
+    model_rows: DataFrame, cold_users: DataFrame, popular: list[tuple[int, int, float]], *, ds: str,
+    model_version: str,
+) -> DataFrame:
+    """The ``recommendations`` rows: model lists plus the popularity list for cold users."""
+    from pyspark.sql import functions as F
+
+    spark = model_rows.sparkSession
+    pop = spark.createDataFrame(
+        pa.table({"rank": pa.array([p[0] for p in popular], pa.int32()),
+                  "item_id": pa.array([p[1] for p in popular], pa.int64()),
+                  "score": pa.array([p[2] for p in popular], pa.float32())})
+    )
+    cold = cold_users.select("user_id").crossJoin(F.broadcast(pop)).withColumn("source", F.lit(SOURCE_POPULAR))
+    warm = model_rows.withColumn("source", F.lit(SOURCE_MODEL))
+    both = warm.unionByName(cold.select("user_id", "rank", "item_id", "score", "source"))
+    return both.select(
+        F.lit(ds).alias("ds"), "user_id", F.col("rank").cast("int"), "item_id",
+        F.col("score").cast("float"), F.lit(model_version).alias("model_version"), "source",
+    )

@@ -1,0 +1,79 @@
+"""An isolated Airflow for the DAG tests: AIRFLOW_HOME in a temporary folder, SQLite, no examples.
+
+Airflow reads its configuration when first imported, so the environment is set
+here, before any test module of this folder imports it.  The LIME Rank variables
+are removed so that the DAGs are parsed with their built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+BIN = Path(sys.executable).parent
+_HOME = Path(tempfile.mkdtemp(prefix="lime-rank-airflow-"))
+
+AIRFLOW_ENV = {
+    "AIRFLOW_HOME": str(_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__PARALLELISM": "2",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+}
+os.environ.update(AIRFLOW_ENV)
+for name in [n for n in os.environ if n.startswith("LIME_RANK_") and n != "LIME_RANK_SPARK_LOG_LEVEL"]:
+    del os.environ[name]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_airflow_home() -> Iterator[None]:
+    yield
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+def load_dagbag(**env: str) -> object:
+    """Parse dags/ the way Airflow's CLI does (the folder on sys.path), with ``env`` set meanwhile."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    sys.modules.pop("lime_rank_common", None)  # re-read the environment
+    try:
+        return BundleDagBag(dag_folder=str(DAGS), bundle_path=DAGS)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sys.modules.pop("lime_rank_common", None)
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> object:
+    return load_dagbag()
+
+
+@pytest.fixture
+def dagbag_with_env():
+    return load_dagbag
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> dict[str, str]:
+    """``airflow db migrate`` once; returns the environment for ``airflow`` subprocesses."""
+    env = {**os.environ, **AIRFLOW_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    return env

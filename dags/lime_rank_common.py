@@ -149,6 +149,8 @@ class LimeRankSparkSubmitOperator(SparkSubmitOperator):
         kwargs.setdefault("conn_id", SPARK_CONN_ID)
         kwargs.setdefault("env_vars", spark_env())
         kwargs.setdefault("name", f"lime-rank-{job}")
+        # Spark's own INFO lines would drown the job's log in the task log; the jobs log at INFO
+        kwargs.setdefault("conf", {"spark.log.level": "WARN"})
         super().__init__(application=job_path(job), application_args=list(application_args), **kwargs)
         self.job = job
 

@@ -1,0 +1,115 @@
+"""``airflow dags test lime_nightly_scoring`` end to end on a tiny synthetic lakehouse.
+
+Real Airflow (SQLite metadata DB, no scheduler), real spark-submit of the five
+jobs, a tiny random-weight LIME-XOR checkpoint.  No Spark connection is defined,
+so the tasks also prove the ``local[*]`` fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from deltalake import DeltaTable
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+DAG_ID = "lime_nightly_scoring"
+DS = "2024-01-05"  # the last day of the generated events
+
+
+@dataclass(frozen=True)
+class World:
+    lakehouse: Path
+    checkpoint: Path
+    model_version: str
+    env: Mapping[str, str]
+
+
+def tiny_checkpoint(path: Path, item_ids: np.ndarray) -> str:
+    """A LIME-XOR checkpoint with seeded random weights (d=16, 4 links, 1 block) over ``item_ids``."""
+    import torch
+
+    from lime_model.checkpoint import save_checkpoint
+    from lime_model.config import ModelConfig
+    from lime_model.model import create_model, init_weights
+    from lime_model.vocab import ItemVocabulary
+
+    torch.manual_seed(0)
+    vocab = ItemVocabulary(np.sort(np.asarray(item_ids, np.int64)))
+    cfg = ModelConfig(model="lime-xor", num_items=len(vocab) + 1, d_model=16, n_heads=2, n_links=4,
+                      n_layers=1, max_history=50, dropout=0.0)
+    net = create_model(cfg)
+    init_weights(net)
+    return save_checkpoint(path, net, vocab, np.zeros(len(vocab), np.int64), {"purpose": "DAG e2e test"})
+
+
+@pytest.fixture(scope="module")
+def world(spark: object, airflow_db: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> World:
+    from jobs.cli import main as cli
+
+    root = tmp_path_factory.mktemp("nightly-e2e")
+    lakehouse = root / "lakehouse"
+    assert cli(["generate", "--lakehouse", str(lakehouse), "--users", "200", "--items", "100",
+                "--days", "5"]) == 0
+    items = DeltaTable(str(lakehouse / "items")).to_pyarrow_table().column("item_id").to_numpy()
+    checkpoint = root / "lime-xor.pt"
+    version = tiny_checkpoint(checkpoint, items)
+    env = {**airflow_db, "LIME_RANK_LAKEHOUSE": str(lakehouse), "LIME_RANK_CHECKPOINT": str(checkpoint),
+           "LIME_RANK_DAG_RETRIES": "0", "LIME_RANK_SPARK_LOG_LEVEL": "ERROR"}
+    env.pop("AIRFLOW_CONN_SPARK_DEFAULT", None)
+    return World(lakehouse, checkpoint, version, env)
+
+
+def dags_test(world: World, conf: Mapping[str, object]) -> subprocess.CompletedProcess[str]:
+    airflow = str(Path(world.env["PATH"].split(os.pathsep)[0]) / "airflow")
+    return subprocess.run([airflow, "dags", "test", DAG_ID, DS, "--conf", json.dumps(conf)],
+                          env=dict(world.env), capture_output=True, text=True, timeout=600)
+
+
+def _tables(lakehouse: Path) -> dict[str, int]:
+    tables = [p for p in lakehouse.iterdir() if DeltaTable.is_deltatable(str(p))]
+    return {p.name: DeltaTable(str(p)).version() for p in tables}
+
+
+@pytest.mark.parametrize("conf", [{"top_k": "ten"}, {"top_k": 0}])
+def test_invalid_conf_fails_before_any_spark_work(world: World, conf: Mapping[str, object]) -> None:
+    before = _tables(world.lakehouse)
+    run = dags_test(world, conf)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "ParamValidationError: Invalid input for param top_k" in output
+    assert "Spark-Submit cmd" not in output and "Task started" not in output
+    assert _tables(world.lakehouse) == before
+
+
+def test_dags_test_runs_the_nightly_dag_and_a_conf_override_changes_k(world: World) -> None:
+    run = dags_test(world, {"top_k": 3})
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    assert "Spark connection 'spark_default' is not defined; running on local[*]" in output
+
+    lake = world.lakehouse
+    recs = DeltaTable(str(lake / "recommendations")).to_pandas(filters=[("ds", "=", DS)])
+    users = DeltaTable(str(lake / "user_histories")).to_pandas(filters=[("ds", "=", DS)]).user_id
+    per_user = recs.groupby("user_id")["rank"].agg(["count", "min", "max"])
+    assert set(per_user.index) == set(users) and len(users) == 200
+    assert (per_user["count"] == 3).all() and (per_user["min"] == 1).all() and (per_user["max"] == 3).all()
+    assert set(recs.model_version) == {world.model_version}
+
+    audit = DeltaTable(str(lake / "run_audit")).to_pandas(filters=[("ds", "=", DS)])
+    [run_id] = audit.run_id.unique()
+    assert sorted(audit.job) == sorted(["extract_histories", "precompute_candidates", "infer_user_links",
+                                        "score_topk", "validate_publish"])
+    assert audit.set_index("job").loc["validate_publish", "status"] == "published"
+
+    report = lake / "_reports" / f"ds={DS}" / "run_report.html"
+    assert f"run report: {report}" in output
+    page = report.read_text()
+    assert '<td id="top_k">3</td>' in page and f'<td id="run_id">{run_id}</td>' in page

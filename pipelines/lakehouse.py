@@ -154,6 +154,8 @@ class TableStore(Protocol):
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
 
+    def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int: ...
+
     def file_uris(
         self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
     ) -> list[str]: ...
@@ -330,6 +332,20 @@ class DeltaRsStore:
         values = actions.column("partition").to_pylist()
         return int(sum(r or 0 for r, v in zip(rows, values, strict=True)
                        if v is not None and all(v.get(k) == want for k, want in partition.items())))
+
+    def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int:
+        """Rows in the files selected by partition filters, from the log's statistics (no scan)."""
+        table = self._load(TableSpec(name, pa.schema([])))
+        if table is None:
+            return 0
+        uris = set(table.file_uris(file_pruning_predicate=list(partition_filters)))
+        actions = pa.table(table.get_add_actions(flatten=False))
+        total = 0
+        for path, rows in zip(actions.column("path").to_pylist(), actions.column("num_records").to_pylist(),
+                              strict=True):
+            if f"{self.uri(name)}/{path}" in uris:
+                total += int(rows or 0)
+        return total
 
     # -- writes -----------------------------------------------------------------------------
     def write(

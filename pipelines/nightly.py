@@ -125,12 +125,18 @@ def extract_histories(ctx: RunContext, max_history: int) -> StageResult:
             return done
         events = ctx.store.read_table("events")
         h.check_events_schema(events)
-        flagged = h.flag_events(h.prune_events(events, ctx.ds), cfg)
+        pruned = h.prune_events(events, ctx.ds)
+        flagged = h.flag_events(pruned, cfg)
         drops = _timed(record, "scan_events", lambda: h.drop_counts(flagged))
+        assert isinstance(drops, dict)
+        if pruned is not events:  # later date partitions are not read; their rows count as after ds
+            later = ctx.store.count_rows("events", [(h.EVENT_DATE, ">", ctx.ds)])
+            drops["events_after_ds"] += later
+            drops["events_read"] += later
         per_user = h.user_event_lists(flagged, ctx.vocabulary(), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             kept = _timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
-            assert isinstance(drops, dict) and isinstance(kept, dict)
+            assert isinstance(kept, dict)
             valid = drops["events_read"] - drops["null_ids"] - drops["negative_ids"] - drops["events_after_ds"]
             counts = {
                 **drops,

@@ -185,7 +185,7 @@ def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):  # noqa: A
             if batch.num_rows == 0:
                 continue
             flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
-            l_p = torch.from_numpy(flat.astype(np.float32, copy=False)).view(
+            l_p = torch.from_numpy(flat.astype(np.float32)).view(
                 batch.num_rows, mc.n_links, mc.d_model).to(device)  # (B, ell, d)
             seen = batch.column("seen") if cfg.exclude_seen else None
             excluded = seen_positions(seen, cands.item_ids)

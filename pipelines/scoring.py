@@ -61,6 +61,7 @@ class ScoringConfig:
     shards: int | None = None
     candidate_block: int = 8192
     device: str = "cpu"
+    per_user_candidates: bool = False  # rank each user's list in user_candidates(ds) when it has one
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
@@ -119,6 +120,40 @@ def topk_against(values: torch.Tensor, cands: CandidateMatrix, n_heads: int, n_l
             scores[torch.from_numpy(ex_rows[sel]), torch.from_numpy(ex_pos[sel] - lo)] = float("-inf")
         ids, top = exact_topk(scores.float(), torch.from_numpy(part.item_ids).to(device), k)
         best_ids, best_scores = merge_topk(best_ids, best_scores, ids, top, k)
+    return best_ids, best_scores
+
+
+def topk_per_user_lists(values: torch.Tensor, cands: CandidateMatrix, n_heads: int, n_links: int, k: int,
+                        lists: pa.Array | pa.ChunkedArray, seen: pa.Array | pa.ChunkedArray | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each user over that user's own candidate list (items outside ``cands`` ignored).
+
+    ``lists``: per user a list of item ids (an empty list: no recommendation from the model).
+    """
+    import torch
+
+    from lime_model.scoring import fold_candidates, score_folded
+    from lime_model.topk import PAD_ID, exact_topk
+
+    batch = values.shape[0]
+    device = values.device
+    best_ids = torch.full((batch, k), PAD_ID, dtype=torch.int64, device=device)
+    best_scores = torch.full((batch, k), float("-inf"), dtype=torch.float32, device=device)
+    seen_rows, seen_pos = seen_positions(seen, cands.item_ids)
+    for row in range(batch):
+        raw = lists[row].values.to_numpy(zero_copy_only=False) if lists[row].is_valid else np.empty(0, np.int64)
+        pos = np.unique(np.searchsorted(cands.item_ids, raw))
+        pos = pos[pos < len(cands)]
+        pos = pos[np.isin(cands.item_ids[pos], raw)]
+        pos = pos[~np.isin(pos, seen_pos[seen_rows == row])]
+        if len(pos) == 0:
+            continue
+        part = CandidateMatrix(cands.item_ids[pos], cands.link_weights[pos], cands.cand_vec[pos], cands.bias[pos])
+        folded = fold_candidates(torch.from_numpy(part.link_weights).to(device),
+                                 torch.from_numpy(part.cand_vec).to(device), n_heads, n_links)  # (n_u, ell*d)
+        scores = score_folded(values[row:row + 1], folded, torch.from_numpy(part.bias).to(device))  # (1, n_u)
+        ids, top = exact_topk(scores, torch.from_numpy(part.item_ids).to(device), k)
+        best_ids[row], best_scores[row] = ids[0], top[0]
     return best_ids, best_scores
 
 
@@ -188,12 +223,25 @@ def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):  # noqa: A
             l_p = torch.from_numpy(flat.astype(np.float32)).view(
                 batch.num_rows, mc.n_links, mc.d_model).to(device)  # (B, ell, d)
             seen = batch.column("seen") if cfg.exclude_seen else None
-            excluded = seen_positions(seen, cands.item_ids)
+            user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
+            lists = batch.column("candidates") if "candidates" in batch.schema.names else None
             with torch.inference_mode():
                 values = loaded.model.link_values(l_p).float()  # (B, ell, d)
-                ids, scores = topk_against(values, cands, mc.n_heads, mc.n_links, k, excluded,
-                                           cfg.candidate_block)
-            user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
+                # users with their own candidate list are scored on it; the others on the catalogue
+                own = (np.zeros(batch.num_rows, bool) if lists is None
+                       else pc.is_valid(lists).to_numpy(zero_copy_only=False))
+                ids = torch.empty((batch.num_rows, k), dtype=torch.int64, device=device)
+                scores = torch.empty((batch.num_rows, k), dtype=torch.float32, device=device)
+                if (~own).any():
+                    rows = np.flatnonzero(~own)
+                    excluded = seen_positions(None if seen is None else seen.take(rows), cands.item_ids)
+                    ids[rows], scores[rows] = topk_against(values[rows], cands, mc.n_heads, mc.n_links, k,
+                                                           excluded, cfg.candidate_block)
+                if own.any():
+                    rows = np.flatnonzero(own)
+                    ids[rows], scores[rows] = topk_per_user_lists(
+                        values[rows], cands, mc.n_heads, mc.n_links, k, lists.take(rows),
+                        None if seen is None else seen.take(rows))
             yield topk_rows(user_ids, ids.cpu().numpy(), scores.cpu().numpy())
 
     return run

@@ -174,3 +174,38 @@ def test_audit_records_every_stage_with_drop_counts(world: dict) -> None:
     assert extract["events_after_ds"] > 0 and extract["duplicate_events"] > 0 and extract["unknown_items"] > 0
     infer = rows[2]["metrics"]
     assert infer["users"] == infer["rows_written"] and infer["devices"] == ["cpu"]
+
+
+def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark) -> None:
+    """Runs last in this module: it replaces recommendations(ds) with list-restricted ones."""
+    import pyarrow as pa
+
+    from pipelines.schemas import USER_CANDIDATES
+
+    store = world["store"]
+    rng = np.random.default_rng(3)
+    known = load_checkpoint(world["ckpt"]).vocab.item_ids
+    histories = DeltaTable(str(store.uri("user_histories"))).to_pandas()
+    warm = histories[histories.n > 0].user_id.to_numpy()[:40]
+    lists = {int(u): [int(x) for x in rng.choice(known, size=12, replace=False)] + [999_999] for u in warm}
+    lists[int(warm[0])] = [999_999]  # nothing scorable: that user gets no row, and the gate allows it
+    store.write_arrow(pa.table({"ds": [DS] * len(lists), "user_id": list(lists), "item_ids": list(lists.values())},
+                               schema=USER_CANDIDATES.schema), USER_CANDIDATES, mode="overwrite",
+                      partition={"ds": DS}, app_id="retrieval")
+    ctx = nightly.RunContext.open(spark, store, DS, "run-lists", str(world["ckpt"]))
+    cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, per_user_candidates=True)
+    result = nightly.score_topk(ctx, cfg)
+    assert result.metrics["users_with_own_candidates"] == len(lists)
+    assert result.metrics["quality"]["users_without_eligible_candidates"] == 1
+    got = written(world)
+    full = reference(world)
+    for user, items in lists.items():
+        mine = got[got.user_id == user]
+        seen = set(histories.set_index("user_id").item_ids[user])
+        allowed = set(items) & set(known) - seen
+        assert set(mine.item_id) <= allowed
+        assert len(mine) == min(K, len(allowed))
+    others = got[~got.user_id.isin(list(lists)) & (got.source == "model")].reset_index(drop=True)
+    expected = full[~full.user_id.isin(list(lists))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(others[["user_id", "rank", "item_id"]], expected[["user_id", "rank", "item_id"]],
+                                  check_dtype=False)

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str):  # noqa: ANN201
+def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str):
     from pipelines.scoring import ScoringConfig
 
     return ScoringConfig(checkpoint=checkpoint, model_version=model_version, top_k=args.top_k,

@@ -36,7 +36,7 @@ def catalogue_in_vocabulary(items: DataFrame, vocab_ids: DataFrame) -> DataFrame
     return ids.join(F.broadcast(vocab_ids.select(F.col("item_id").cast("bigint"))), "item_id", "left_semi")
 
 
-def _candidate_task(checkpoint: str, model_version: str, device_policy: str):  # noqa: ANN202
+def _candidate_task(checkpoint: str, model_version: str, device_policy: str):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 

@@ -48,7 +48,7 @@ class DeltaSparkStore:
     def uri(self, table: str) -> str:
         return f"{self.root}/{table}"
 
-    def _jtable(self, spec: TableSpec):  # noqa: ANN202 - py4j object
+    def _jtable(self, spec: TableSpec):
         jvm = self.spark._jvm  # type: ignore[attr-defined]
         uri = self.uri(spec.name)
         if not jvm.io.delta.tables.DeltaTable.isDeltaTable(self.spark._jsparkSession, uri):  # type: ignore[attr-defined]

@@ -540,10 +540,10 @@ def _delta_schema(schema: pa.Schema) -> object:
     return Schema.from_arrow(schema)
 
 
-def _manifest_task(writer: ParquetFileWriter):  # noqa: ANN202 - Spark callable
+def _manifest_task(writer: ParquetFileWriter):
     """mapInArrow callable: one unique file prefix per task attempt."""
 
-    def run(batches):  # noqa: ANN001, ANN202
+    def run(batches):
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
@@ -565,7 +565,7 @@ def delta_spark_available(spark: SparkSession) -> bool:
         loader = jvm.Thread.currentThread().getContextClassLoader()
         jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", False, loader)
         return True
-    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+    except Exception:
         return False
 
 

@@ -217,7 +217,8 @@ def _require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> None
 
 
 def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
-    from pipelines.inference import TaskRecords, infer_user_links as infer
+    from pipelines.inference import TaskRecords
+    from pipelines.inference import infer_user_links as infer
 
     app_id = ctx.app_id(INFER_USER_LINKS)
     with audited(ctx.store, INFER_USER_LINKS, ctx.ds, ctx.run_id) as record:

@@ -208,7 +208,7 @@ class ShardCandidates:
         return _shard_cache[key]
 
 
-def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):  # noqa: ANN202 - Spark callable
+def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 

@@ -18,7 +18,7 @@ def ts(day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
     return dt.datetime(2024, 3, day, hour, minute, tzinfo=dt.UTC)
 
 
-def run(spark, rows, max_history: int = 3, known=(10, 11, 12, 13, 14)):  # noqa: ANN001, ANN201
+def run(spark, rows, max_history: int = 3, known=(10, 11, 12, 13, 14)):
     events = spark.createDataFrame(rows, "user_id bigint, item_id bigint, ts timestamp")
     vocab = spark.createDataFrame([(i,) for i in known], "item_id bigint")
     cfg = h.HistoryConfig(ds=DS, max_history=max_history)
@@ -41,7 +41,7 @@ def test_rules(spark) -> None:
     out, drops, kept = run(spark, rows)
     assert sorted(out) == [1, 3]
     assert out[1].item_ids == [12, 13, 14]  # last 3 by (ts, item_id); 10 and 11 truncated
-    assert [t.isoformat() for t in out[1].ts][0].startswith("2024-03-04T05:00")
+    assert out[1].ts[0].isoformat().startswith("2024-03-04T05:00")
     assert out[1].n == 3 and out[1].ds == DS
     assert (out[3].item_ids, out[3].n) == ([], 0)
     assert drops == {"events_read": 13, "null_ids": 2, "negative_ids": 1, "events_after_ds": 1}

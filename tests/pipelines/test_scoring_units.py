@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -32,7 +34,7 @@ def test_shard_bounds_cover_all_ids_once() -> None:
     ids = np.array([3, 4, 8, 10, 11, 20, 21])
     bounds = shard_bounds(ids, 3)
     assert bounds[0][0] == 3 and bounds[-1][1] == 22
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     counts = [int(((ids >= lo) & (ids < hi)).sum()) for lo, hi in bounds]
     assert sum(counts) == len(ids) and max(counts) <= 3
 
@@ -78,7 +80,7 @@ def test_block_topk_equals_brute_force_with_exclusions() -> None:
         np.testing.assert_allclose(scores[row].numpy(), full[row, order], rtol=1e-5)
 
 
-def _table(ids, weights, vec, bias) -> pa.Table:  # noqa: ANN001
+def _table(ids, weights, vec, bias) -> pa.Table:
     return pa.table({"item_id": pa.array(ids, pa.int64()),
                      "link_weights": pa.array(weights, pa.list_(pa.float32())),
                      "cand_vec": pa.array(vec, pa.list_(pa.float32())), "bias": pa.array(bias, pa.float32())})

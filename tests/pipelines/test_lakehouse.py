@@ -143,7 +143,7 @@ def test_guard_missing_file(store) -> None:
 def test_guard_file_outside_overwritten_partition(store) -> None:
     store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
     stray = _written_files(store, recs("2024-01-02", range(2)), "stray")
-    with pytest.raises(PartitionOutsideOverwriteError, match=r"belong elsewhere, e\.g\. \['ds=2024-01-02/):
+    with pytest.raises(PartitionOutsideOverwriteError, match=r"belong elsewhere, e\.g\. \['ds=2024-01-02/"):
         store.commit(RECOMMENDATIONS, stray, mode="overwrite", app_id="o", partition={"ds": "2024-01-01"},
                      expected_partition_state=store._partition_state(store.delta_table(RECOMMENDATIONS),
                                                                      {"ds": "2024-01-01"}))

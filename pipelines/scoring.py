@@ -60,6 +60,7 @@ class ScoringConfig:
     broadcast_max_bytes: int = 512 * 1024 * 1024
     shards: int | None = None
     candidate_block: int = 8192
+    user_block: int = 1024
     device: str = "cpu"
     per_user_candidates: bool = False  # rank each user's list in user_candidates(ds) when it has one
 
@@ -72,8 +73,9 @@ class ScoringConfig:
             raise ConfigError(f"broadcast_max_bytes must be >= 1, got {self.broadcast_max_bytes}")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"shards must be >= 1, got {self.shards}")
-        if self.candidate_block < 1:
-            raise ConfigError(f"candidate_block must be >= 1, got {self.candidate_block}")
+        if self.candidate_block < 1 or self.user_block < 1:
+            raise ConfigError(f"candidate_block and user_block must be >= 1, got {self.candidate_block}, "
+                              f"{self.user_block}")
         if self.device not in DEVICE_POLICIES:
             raise ConfigError(f"scoring device must be one of {list(DEVICE_POLICIES)}, got {self.device!r}")
 
@@ -216,9 +218,10 @@ def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):
         loaded = load_model(cfg.checkpoint, cfg.model_version, device)
         mc = loaded.config
         cands = source.load(mc.n_heads, mc.n_links, mc.d_model)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
+        # user blocks of bounded size: memory per task is (user_block x candidate_block) scores
+        blocks = (whole.slice(off, cfg.user_block) for whole in batches
+                  for off in range(0, whole.num_rows, cfg.user_block))
+        for batch in blocks:
             flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
             l_p = torch.from_numpy(flat.astype(np.float32)).view(
                 batch.num_rows, mc.n_links, mc.d_model).to(device)  # (B, ell, d)

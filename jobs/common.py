@@ -77,7 +77,7 @@ def spark_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
     return build_spark_session(settings)
 
 
-def run_main(main_body, argv: list[str] | None) -> int:  # noqa: ANN001
+def run_main(main_body, argv: list[str] | None) -> int:
     """Run a job body, turning product errors into one clear log line and exit code 1."""
     from lime_model.errors import LimeRankError
 
@@ -108,7 +108,7 @@ def checkpoint_path(uri: str) -> str:
     return os.path.abspath(uri)
 
 
-def open_run(args: argparse.Namespace, app_name: str):  # noqa: ANN201 - RunContext
+def open_run(args: argparse.Namespace, app_name: str):
     """Spark session, table store and run context from the common arguments."""
     from pipelines.audit import new_run_id
     from pipelines.lakehouse import open_lakehouse
@@ -123,7 +123,7 @@ def open_run(args: argparse.Namespace, app_name: str):  # noqa: ANN201 - RunCont
     return RunContext.open(spark, store, args.ds, args.run_id or new_run_id(), ckpt)
 
 
-def report_stage(result) -> None:  # noqa: ANN001 - StageResult
+def report_stage(result) -> None:
     """One line for the operator: what the stage did."""
     if result.skipped:
         print(f"{result.stage} ds={result.ds}: nothing to do ({result.metrics.get('skipped_reason', 'skipped')})")

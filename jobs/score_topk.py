@@ -23,6 +23,9 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
                         help="auto: broadcast the candidate matrix while it fits --broadcast-max-mb")
     parser.add_argument("--broadcast-max-mb", type=positive_int, default=512)
     parser.add_argument("--shards", type=positive_int, default=None, help="candidate shards (sharded mode)")
+    parser.add_argument("--user-candidates", action="store_true",
+                        help="rank each user's own list from the user_candidates(ds) table (users without "
+                             "a list are ranked against the whole catalogue)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str):  # noqa: ANN201
+def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str):
     from pipelines.scoring import ScoringConfig
 
     return ScoringConfig(checkpoint=checkpoint, model_version=model_version, top_k=args.top_k,
                          exclude_seen=not args.include_seen, candidate_mode=args.candidate_mode,
-                         broadcast_max_bytes=args.broadcast_max_mb * 1024 * 1024, shards=args.shards)
+                         broadcast_max_bytes=args.broadcast_max_mb * 1024 * 1024, shards=args.shards,
+                         per_user_candidates=args.user_candidates)
 
 
 def _main(argv: list[str] | None) -> int:

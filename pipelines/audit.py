@@ -83,7 +83,7 @@ def audited(store: TableStore, job: str, ds: str, run_id: str) -> Iterator[Audit
         record.metrics["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         try:
             append_audit(store, record)
-        except Exception:  # noqa: BLE001 - the job's own error matters more
+        except Exception:
             log.exception("could not append the failure audit row for %s %s", job, ds)
         raise
     append_audit(store, record)
@@ -101,7 +101,9 @@ def read_audit(store: TableStore, ds: str) -> list[dict[str, object]]:
     return rows
 
 
-def latest_success(rows: list[Mapping[str, object]], job: str, run_id: str | None = None) -> Mapping[str, object] | None:
+def latest_success(
+    rows: list[Mapping[str, object]], job: str, run_id: str | None = None
+) -> Mapping[str, object] | None:
     ok = [r for r in rows if r["job"] == job and r["status"] in (STATUS_SUCCEEDED, STATUS_SKIPPED, STATUS_PUBLISHED)
           and (run_id is None or r["run_id"] == run_id)]
     return ok[-1] if ok else None

@@ -36,7 +36,7 @@ def catalogue_in_vocabulary(items: DataFrame, vocab_ids: DataFrame) -> DataFrame
     return ids.join(F.broadcast(vocab_ids.select(F.col("item_id").cast("bigint"))), "item_id", "left_semi")
 
 
-def _candidate_task(checkpoint: str, model_version: str, device_policy: str):  # noqa: ANN202
+def _candidate_task(checkpoint: str, model_version: str, device_policy: str):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 
@@ -112,7 +112,7 @@ def _matrix(column: pa.ChunkedArray | pa.Array, width: int, name: str) -> np.nda
             f"table 'candidate_link_weights': column {name!r} must hold {width} values per row, "
             f"row {bad} holds {int(lengths[bad])}"
         )
-    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)  # a writable copy
     return flat.reshape(len(lengths), width)
 
 
@@ -125,7 +125,7 @@ def candidate_matrix(table: pa.Table, n_heads: int, n_links: int, d_model: int) 
     if table.num_rows == 0:
         raise EmptyCatalogueError("table 'candidate_link_weights' has no candidate for this model version")
     table = table.sort_by("item_id")
-    ids = table.column("item_id").to_numpy().astype(np.int64)
+    ids = table.column("item_id").to_numpy().astype(np.int64)  # astype copies: arrays stay writable
     if len(np.unique(ids)) != len(ids):
         dup = ids[np.flatnonzero(np.diff(ids) == 0)[0]]
         raise NonFiniteValueError(f"table 'candidate_link_weights': item_id {int(dup)} appears more than once")

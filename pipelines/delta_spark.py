@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -48,7 +48,7 @@ class DeltaSparkStore:
     def uri(self, table: str) -> str:
         return f"{self.root}/{table}"
 
-    def _jtable(self, spec: TableSpec):  # noqa: ANN202 - py4j object
+    def _jtable(self, spec: TableSpec):
         jvm = self.spark._jvm  # type: ignore[attr-defined]
         uri = self.uri(spec.name)
         if not jvm.io.delta.tables.DeltaTable.isDeltaTable(self.spark._jsparkSession, uri):  # type: ignore[attr-defined]
@@ -85,6 +85,12 @@ class DeltaSparkStore:
         if self._jtable(spec) is None:
             return 0
         return int(self.read(spec, partition=partition, allow_extra_columns=True).count())
+
+    def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int:
+        df = self.read_table(name)
+        for column, op, value in partition_filters:
+            df = df.where(f"`{column}` {op} '{value}'")
+        return int(df.count())
 
     def file_uris(
         self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None

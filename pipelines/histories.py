@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 MAX_HISTORY_LIMIT = 100_000
+EVENT_DATE = "event_date"  # optional string partition column of events (UTC day of ts)
 
 # count name -> meaning (the audit record carries every one of them)
 DROP_COUNTS = (
@@ -60,8 +61,8 @@ def prune_events(events: DataFrame, ds: str) -> DataFrame:
     """Keep only partitions that can hold events up to ``ds`` when the table is date-partitioned."""
     from pyspark.sql import functions as F
 
-    if "event_date" in events.columns and events.schema["event_date"].dataType.simpleString() == "string":
-        return events.where(F.col("event_date") <= F.lit(ds))
+    if EVENT_DATE in events.columns and events.schema[EVENT_DATE].dataType.simpleString() == "string":
+        return events.where(F.col(EVENT_DATE) <= F.lit(ds))
     return events
 
 

@@ -76,7 +76,7 @@ class TaskRecords(AccumulatorParam):  # type: ignore[misc]
         return a
 
 
-def histories_to_inputs(batch: pa.RecordBatch, vocab_encode) -> tuple[list[np.ndarray], list[np.ndarray]]:  # noqa: ANN001
+def histories_to_inputs(batch: pa.RecordBatch, vocab_encode) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per user: vocabulary indices and float64 epoch seconds (oldest first)."""
     from pipelines.errors import ModelVersionMismatchError
 
@@ -103,14 +103,13 @@ def l_p_array(l_p: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(l_p.reshape(-1), pa.float32()))
 
 
-def _inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):  # noqa: ANN202 - Spark callable
+def _inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import os
 
         from pyspark import TaskContext
 
         from lime_model.inference import encode_histories
-
         from pipelines import model_runtime
 
         t0 = time.perf_counter()

@@ -154,6 +154,8 @@ class TableStore(Protocol):
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
 
+    def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int: ...
+
     def file_uris(
         self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
     ) -> list[str]: ...
@@ -330,6 +332,20 @@ class DeltaRsStore:
         values = actions.column("partition").to_pylist()
         return int(sum(r or 0 for r, v in zip(rows, values, strict=True)
                        if v is not None and all(v.get(k) == want for k, want in partition.items())))
+
+    def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int:
+        """Rows in the files selected by partition filters, from the log's statistics (no scan)."""
+        table = self._load(TableSpec(name, pa.schema([])))
+        if table is None:
+            return 0
+        uris = set(table.file_uris(file_pruning_predicate=list(partition_filters)))
+        actions = pa.table(table.get_add_actions(flatten=False))
+        total = 0
+        for path, rows in zip(actions.column("path").to_pylist(), actions.column("num_records").to_pylist(),
+                              strict=True):
+            if f"{self.uri(name)}/{path}" in uris:
+                total += int(rows or 0)
+        return total
 
     # -- writes -----------------------------------------------------------------------------
     def write(
@@ -524,10 +540,10 @@ def _delta_schema(schema: pa.Schema) -> object:
     return Schema.from_arrow(schema)
 
 
-def _manifest_task(writer: ParquetFileWriter):  # noqa: ANN202 - Spark callable
+def _manifest_task(writer: ParquetFileWriter):
     """mapInArrow callable: one unique file prefix per task attempt."""
 
-    def run(batches):  # noqa: ANN001, ANN202
+    def run(batches):
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
@@ -549,7 +565,7 @@ def delta_spark_available(spark: SparkSession) -> bool:
         loader = jvm.Thread.currentThread().getContextClassLoader()
         jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", False, loader)
         return True
-    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+    except Exception:
         return False
 
 

@@ -19,7 +19,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pipelines.errors import ConfigError, GpuUnavailableError, ModelVersionMismatchError, UnsupportedModelError
+from pipelines.errors import (
+    ConfigError,
+    GpuUnavailableError,
+    ModelVersionMismatchError,
+    UnsupportedModelError,
+)
 
 if TYPE_CHECKING:
     import torch

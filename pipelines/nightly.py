@@ -22,7 +22,14 @@ from pipelines.audit import STATUS_SKIPPED, AuditRecord, audited
 from pipelines.errors import ModelVersionMismatchError, PartitionNotFoundError
 from pipelines.lakehouse import CommitResult, TableStore
 from pipelines.model_runtime import check_pipeline_model
-from pipelines.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS, RECOMMENDATIONS, USER_HISTORIES, USER_LINKS
+from pipelines.schemas import (
+    CANDIDATE_LINK_WEIGHTS,
+    ITEMS,
+    RECOMMENDATIONS,
+    USER_CANDIDATES,
+    USER_HISTORIES,
+    USER_LINKS,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -125,12 +132,18 @@ def extract_histories(ctx: RunContext, max_history: int) -> StageResult:
             return done
         events = ctx.store.read_table("events")
         h.check_events_schema(events)
-        flagged = h.flag_events(h.prune_events(events, ctx.ds), cfg)
+        pruned = h.prune_events(events, ctx.ds)
+        flagged = h.flag_events(pruned, cfg)
         drops = _timed(record, "scan_events", lambda: h.drop_counts(flagged))
+        assert isinstance(drops, dict)
+        if pruned is not events:  # later date partitions are not read; their rows count as after ds
+            later = ctx.store.count_rows("events", [(h.EVENT_DATE, ">", ctx.ds)])
+            drops["events_after_ds"] += later
+            drops["events_read"] += later
         per_user = h.user_event_lists(flagged, ctx.vocabulary(), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             kept = _timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
-            assert isinstance(drops, dict) and isinstance(kept, dict)
+            assert isinstance(kept, dict)
             valid = drops["events_read"] - drops["null_ids"] - drops["negative_ids"] - drops["events_after_ds"]
             counts = {
                 **drops,
@@ -197,13 +210,15 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
 
 # --- infer_user_links -------------------------------------------------------------------------------
 def _require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> None:
-    spec = {USER_HISTORIES.name: USER_HISTORIES, USER_LINKS.name: USER_LINKS}[spec_name]
+    spec = {USER_HISTORIES.name: USER_HISTORIES, USER_LINKS.name: USER_LINKS,
+            USER_CANDIDATES.name: USER_CANDIDATES}[spec_name]
     if ctx.store.partition_rows(spec, {"ds": ctx.ds}) == 0:
         raise PartitionNotFoundError(spec_name, {"ds": ctx.ds}, hint=f"; run {stage_hint} for ds={ctx.ds} first")
 
 
 def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
-    from pipelines.inference import TaskRecords, infer_user_links as infer
+    from pipelines.inference import TaskRecords
+    from pipelines.inference import infer_user_links as infer
 
     app_id = ctx.app_id(INFER_USER_LINKS)
     with audited(ctx.store, INFER_USER_LINKS, ctx.ds, ctx.run_id) as record:
@@ -286,6 +301,13 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
         users = links.select("user_id", "l_p").join(
             histories.select("user_id", F.col("item_ids").alias("seen")), "user_id", "left")
+        user_candidates = None
+        if cfg.per_user_candidates:
+            _require_partition(ctx, USER_CANDIDATES.name, "the retrieval job that writes user_candidates")
+            user_candidates = ctx.store.read(USER_CANDIDATES, partition={"ds": ctx.ds}).select("user_id", "item_ids")
+            users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
+            listed = user_candidates.join(links.select("user_id"), "user_id", "left_semi").count()
+            record.count("users_with_own_candidates", listed)
         model_rows = s.model_topk(users, cfg, mode=mode, candidate_ids=candidate_ids, broadcast=broadcast,
                                   files=files, shards=shards)
         popular = s.popular_items(histories, candidate_ids, cfg.top_k)
@@ -296,7 +318,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
             report = _timed(record, "score_and_gate", lambda: check_recommendations(
                 recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
-                exclude_seen=cfg.exclude_seen, user_links=links))
+                exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates))
             record.metrics["quality"] = report.summary()  # type: ignore[union-attr]
             report.raise_if_failed()  # type: ignore[union-attr]
             commit = _timed(record, "write", lambda: ctx.store.write(

@@ -68,11 +68,15 @@ def check_recommendations(
     model_version: str,
     exclude_seen: bool,
     user_links: DataFrame | None = None,
+    user_candidates: DataFrame | None = None,
 ) -> QualityReport:
     """Gate ``recs`` (recommendations rows of ``ds``) against the run's inputs.
 
     ``histories``: user_histories(ds) (user_id, item_ids, n); ``candidate_ids``: (item_id) of
-    the candidate table; ``user_links``: user_links(ds), to check its model_version too.
+    the candidate table; ``user_links``: user_links(ds), to check its model_version too;
+    ``user_candidates``: (user_id, item_ids) per-user candidate lists when scoring used them
+    (those users' eligible items are their list's catalogue items, minus seen ones).
+    A user with no eligible candidate at all may have no row.
     """
     from pyspark.sql import functions as F
 
@@ -99,14 +103,31 @@ def check_recommendations(
         users = users.join(seen, "user_id", "left").fillna(0, ["seen_candidates"])
     else:
         users = users.withColumn("seen_candidates", F.lit(0))
+    if user_candidates is not None:
+        own = (
+            user_candidates.select("user_id", F.explode(F.array_distinct("item_ids")).alias("item_id"))
+            .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
+        )
+        if exclude_seen:
+            seen_pairs = histories.select("user_id", F.explode("item_ids").alias("item_id"))
+            own = own.join(seen_pairs, ["user_id", "item_id"], "left_anti")
+        own_counts = own.groupBy("user_id").agg(F.count(F.lit(1)).alias("own_eligible"))
+        listed = user_candidates.select("user_id").distinct().withColumn("has_list", F.lit(True))
+        users = (users.join(listed, "user_id", "left").join(own_counts, "user_id", "left")
+                 .fillna(0, ["own_eligible"]))
+    else:
+        users = users.withColumn("has_list", F.lit(None).cast("boolean")).withColumn("own_eligible", F.lit(0))
     joined = users.join(per_user, "user_id", "full_outer")
     expected = F.least(F.lit(top_k), F.lit(catalogue) - F.col("seen_candidates"))
+    expected = F.when(F.col("has_list") & (F.col("n") > 0), F.least(F.lit(top_k), F.col("own_eligible"))) \
+        .otherwise(expected)
     expected = F.when(F.col("n") > 0, expected).otherwise(F.lit(min(top_k, catalogue)))
     stats_row = joined.agg(
         F.count(F.lit(1)).alias("users"),
-        F.sum(F.col("rows").isNull().cast("long")).alias("users_without_recommendations"),
+        F.sum((F.col("rows").isNull() & (expected > 0)).cast("long")).alias("users_without_recommendations"),
+        F.sum((F.col("rows").isNull() & (expected == 0)).cast("long")).alias("users_without_eligible_candidates"),
         F.sum(F.col("n").isNull().cast("long")).alias("users_not_in_histories"),
-        F.sum((F.col("rows").isNotNull() & F.col("n").isNotNull() & (F.col("rows") != expected))
+        F.sum((F.col("n").isNotNull() & (F.coalesce(F.col("rows"), F.lit(0)) != expected))
               .cast("long")).alias("users_with_wrong_row_count"),
         F.sum((F.col("rows").isNotNull() & (F.col("rows") < F.lit(top_k))).cast("long")).alias("users_short_of_k"),
         F.sum((F.col("rows").isNotNull() & ((F.col("min_rank") != 1) | (F.col("max_rank") != F.col("rows"))

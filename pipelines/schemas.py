@@ -124,6 +124,18 @@ RECOMMENDATIONS = TableSpec(
     description="top-K per user; source is 'model' or 'popular' (cold start)",
 )
 
+USER_CANDIDATES = TableSpec(
+    "user_candidates",
+    pa.schema([
+        _f("ds", pa.string()),
+        _f("user_id", pa.int64()),
+        _f("item_ids", pa.list_(pa.field("element", pa.int64(), nullable=False))),
+    ]),
+    partition_by=("ds",),
+    description="optional input: per-user candidate lists (e.g. from a retrieval stage) to rank instead of "
+                "the whole catalogue",
+)
+
 RUN_AUDIT = TableSpec(
     "run_audit",
     pa.schema([
@@ -143,5 +155,6 @@ RUN_AUDIT = TableSpec(
 
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
-    for spec in (EVENTS, ITEMS, USER_HISTORIES, CANDIDATE_LINK_WEIGHTS, USER_LINKS, RECOMMENDATIONS, RUN_AUDIT)
+    for spec in (EVENTS, ITEMS, USER_HISTORIES, CANDIDATE_LINK_WEIGHTS, USER_LINKS, RECOMMENDATIONS,
+                 USER_CANDIDATES, RUN_AUDIT)
 }

@@ -60,7 +60,9 @@ class ScoringConfig:
     broadcast_max_bytes: int = 512 * 1024 * 1024
     shards: int | None = None
     candidate_block: int = 8192
+    user_block: int = 1024
     device: str = "cpu"
+    per_user_candidates: bool = False  # rank each user's list in user_candidates(ds) when it has one
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= MAX_TOP_K:
@@ -71,8 +73,9 @@ class ScoringConfig:
             raise ConfigError(f"broadcast_max_bytes must be >= 1, got {self.broadcast_max_bytes}")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"shards must be >= 1, got {self.shards}")
-        if self.candidate_block < 1:
-            raise ConfigError(f"candidate_block must be >= 1, got {self.candidate_block}")
+        if self.candidate_block < 1 or self.user_block < 1:
+            raise ConfigError(f"candidate_block and user_block must be >= 1, got {self.candidate_block}, "
+                              f"{self.user_block}")
         if self.device not in DEVICE_POLICIES:
             raise ConfigError(f"scoring device must be one of {list(DEVICE_POLICIES)}, got {self.device!r}")
 
@@ -119,6 +122,40 @@ def topk_against(values: torch.Tensor, cands: CandidateMatrix, n_heads: int, n_l
             scores[torch.from_numpy(ex_rows[sel]), torch.from_numpy(ex_pos[sel] - lo)] = float("-inf")
         ids, top = exact_topk(scores.float(), torch.from_numpy(part.item_ids).to(device), k)
         best_ids, best_scores = merge_topk(best_ids, best_scores, ids, top, k)
+    return best_ids, best_scores
+
+
+def topk_per_user_lists(values: torch.Tensor, cands: CandidateMatrix, n_heads: int, n_links: int, k: int,
+                        lists: pa.Array | pa.ChunkedArray, seen: pa.Array | pa.ChunkedArray | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each user over that user's own candidate list (items outside ``cands`` ignored).
+
+    ``lists``: per user a list of item ids (an empty list: no recommendation from the model).
+    """
+    import torch
+
+    from lime_model.scoring import fold_candidates, score_folded
+    from lime_model.topk import PAD_ID, exact_topk
+
+    batch = values.shape[0]
+    device = values.device
+    best_ids = torch.full((batch, k), PAD_ID, dtype=torch.int64, device=device)
+    best_scores = torch.full((batch, k), float("-inf"), dtype=torch.float32, device=device)
+    seen_rows, seen_pos = seen_positions(seen, cands.item_ids)
+    for row in range(batch):
+        raw = lists[row].values.to_numpy(zero_copy_only=False) if lists[row].is_valid else np.empty(0, np.int64)
+        pos = np.unique(np.searchsorted(cands.item_ids, raw))
+        pos = pos[pos < len(cands)]
+        pos = pos[np.isin(cands.item_ids[pos], raw)]
+        pos = pos[~np.isin(pos, seen_pos[seen_rows == row])]
+        if len(pos) == 0:
+            continue
+        part = CandidateMatrix(cands.item_ids[pos], cands.link_weights[pos], cands.cand_vec[pos], cands.bias[pos])
+        folded = fold_candidates(torch.from_numpy(part.link_weights).to(device),
+                                 torch.from_numpy(part.cand_vec).to(device), n_heads, n_links)  # (n_u, ell*d)
+        scores = score_folded(values[row:row + 1], folded, torch.from_numpy(part.bias).to(device))  # (1, n_u)
+        ids, top = exact_topk(scores, torch.from_numpy(part.item_ids).to(device), k)
+        best_ids[row], best_scores[row] = ids[0], top[0]
     return best_ids, best_scores
 
 
@@ -173,7 +210,7 @@ class ShardCandidates:
         return _shard_cache[key]
 
 
-def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):  # noqa: ANN202 - Spark callable
+def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 
@@ -181,19 +218,33 @@ def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):  # noqa: A
         loaded = load_model(cfg.checkpoint, cfg.model_version, device)
         mc = loaded.config
         cands = source.load(mc.n_heads, mc.n_links, mc.d_model)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
+        # user blocks of bounded size: memory per task is (user_block x candidate_block) scores
+        blocks = (whole.slice(off, cfg.user_block) for whole in batches
+                  for off in range(0, whole.num_rows, cfg.user_block))
+        for batch in blocks:
             flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
-            l_p = torch.from_numpy(flat.astype(np.float32, copy=False)).view(
+            l_p = torch.from_numpy(flat.astype(np.float32)).view(
                 batch.num_rows, mc.n_links, mc.d_model).to(device)  # (B, ell, d)
             seen = batch.column("seen") if cfg.exclude_seen else None
-            excluded = seen_positions(seen, cands.item_ids)
+            user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
+            lists = batch.column("candidates") if "candidates" in batch.schema.names else None
             with torch.inference_mode():
                 values = loaded.model.link_values(l_p).float()  # (B, ell, d)
-                ids, scores = topk_against(values, cands, mc.n_heads, mc.n_links, k, excluded,
-                                           cfg.candidate_block)
-            user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
+                # users with their own candidate list are scored on it; the others on the catalogue
+                own = (np.zeros(batch.num_rows, bool) if lists is None
+                       else pc.is_valid(lists).to_numpy(zero_copy_only=False))
+                ids = torch.empty((batch.num_rows, k), dtype=torch.int64, device=device)
+                scores = torch.empty((batch.num_rows, k), dtype=torch.float32, device=device)
+                if (~own).any():
+                    rows = np.flatnonzero(~own)
+                    excluded = seen_positions(None if seen is None else seen.take(rows), cands.item_ids)
+                    ids[rows], scores[rows] = topk_against(values[rows], cands, mc.n_heads, mc.n_links, k,
+                                                           excluded, cfg.candidate_block)
+                if own.any():
+                    rows = np.flatnonzero(own)
+                    ids[rows], scores[rows] = topk_per_user_lists(
+                        values[rows], cands, mc.n_heads, mc.n_links, k, lists.take(rows),
+                        None if seen is None else seen.take(rows))
             yield topk_rows(user_ids, ids.cpu().numpy(), scores.cpu().numpy())
 
     return run

@@ -30,8 +30,8 @@ class SourceWrite:
     last_day: dt.date
 
 
-def _generate_task(cfg: SyntheticConfig):  # noqa: ANN202 - Spark callable
-    def run(batches):  # noqa: ANN001, ANN202
+def _generate_task(cfg: SyntheticConfig):
+    def run(batches):
         for batch in batches:
             for block in batch.column("id").to_pylist():
                 yield from generate_block(cfg, int(block)).to_batches()

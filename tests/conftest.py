@@ -31,7 +31,7 @@ def lakehouse(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(spark: object, lakehouse: Path):  # noqa: ANN201
+def store(spark: object, lakehouse: Path):
     from pipelines.lakehouse import DeltaRsStore
 
     return DeltaRsStore(spark, lakehouse)  # type: ignore[arg-type]

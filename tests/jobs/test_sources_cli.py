@@ -49,7 +49,7 @@ def test_load_movielens_writes_verified_tables(lakehouse: Path, tmp_path: Path) 
 
 def test_movielens_checksum_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(datasets.MOVIELENS_FILES, "ml-100k.inter", "0" * 64)
-    with pytest.raises(DatasetChecksumError, match="ml-100k.inter .* has sha256 4edb74e2"):
+    with pytest.raises(DatasetChecksumError, match=r"ml-100k\.inter .* has sha256 4edb74e2"):
         datasets.ensure_movielens_files(tmp_path / "cache")
     assert not (tmp_path / "cache" / "ml-100k" / "ml-100k.inter").exists()
 

@@ -40,7 +40,7 @@ def as_rows(table: pa.Table) -> list[tuple]:
     return sorted(tuple(r[c] for c in cols) for r in table.select(cols).to_pylist())
 
 
-def spark_rows(df) -> list[tuple]:  # noqa: ANN001
+def spark_rows(df) -> list[tuple]:
     cols = RECOMMENDATIONS.column_names
     return sorted(tuple(getattr(r, c) for c in cols) for r in df.select(*cols).collect())
 
@@ -107,7 +107,7 @@ def test_failure_after_files_written_before_commit_leaves_table_unchanged(
     class DriverDied(RuntimeError):
         pass
 
-    def die(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def die(*args, **kwargs):
         raise DriverDied("killed between file write and commit")
 
     monkeypatch.setattr(DeltaRsStore, "commit", die)
@@ -143,7 +143,7 @@ def test_guard_missing_file(store) -> None:
 def test_guard_file_outside_overwritten_partition(store) -> None:
     store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
     stray = _written_files(store, recs("2024-01-02", range(2)), "stray")
-    with pytest.raises(PartitionOutsideOverwriteError, match="ds=2024-01-02|2024-01-02"):
+    with pytest.raises(PartitionOutsideOverwriteError, match=r"belong elsewhere, e\.g\. \['ds=2024-01-02/"):
         store.commit(RECOMMENDATIONS, stray, mode="overwrite", app_id="o", partition={"ds": "2024-01-01"},
                      expected_partition_state=store._partition_state(store.delta_table(RECOMMENDATIONS),
                                                                      {"ds": "2024-01-01"}))
@@ -202,7 +202,7 @@ def test_nan_score_is_refused(store) -> None:
 
 
 def test_unsafe_partition_value_is_refused(store) -> None:
-    with pytest.raises(InvalidPartitionValueError, match="'../x'"):
+    with pytest.raises(InvalidPartitionValueError, match=r"'\.\./x'"):
         store.write_arrow(recs("../x", range(1)), RECOMMENDATIONS, mode="append", app_id="p")
     with pytest.raises(ConfigError, match=r"partitioned by \['ds'\]"):
         store.write_arrow(recs("2024-01-01", range(1)), RECOMMENDATIONS, mode="overwrite",

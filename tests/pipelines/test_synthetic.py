@@ -11,7 +11,7 @@ from pipelines.schemas import EVENTS, ITEMS
 from pipelines.synthetic import USERS_PER_BLOCK, SyntheticConfig, generate_block, generate_items
 
 
-def frame(cfg: SyntheticConfig):  # noqa: ANN201
+def frame(cfg: SyntheticConfig):
     return pa.concat_tables(generate_block(cfg, b) for b in range(cfg.blocks)).to_pandas()
 
 

@@ -1,0 +1,45 @@
+"""Run infer_user_links on ``local-cluster[2,1,1024]`` with fake GPUs (a separate process:
+one SparkContext per process).  Writes the task records as JSON to ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    for name in ("--lakehouse", "--ds", "--checkpoint", "--run-id", "--out", "--gpu-script"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    from pipelines import nightly
+    from pipelines.audit import read_audit
+    from pipelines.inference import InferenceConfig
+    from pipelines.lakehouse import DeltaRsStore
+    from pipelines.spark import GpuSettings, SparkSettings, build_spark_session
+
+    spark = build_spark_session(SparkSettings(
+        master="local-cluster[2,1,1024]", app_name="lime-rank-gpu-test", shuffle_partitions=4,
+        gpu=GpuSettings(args.gpu_script, amount_per_executor=1, amount_per_task=1.0),
+    ))
+    try:
+        store = DeltaRsStore(spark, args.lakehouse)
+        ctx = nightly.RunContext.open(spark, store, args.ds, args.run_id, args.checkpoint)
+        cfg = InferenceConfig(args.checkpoint, ctx.model_version, device=args.device, partitions=args.partitions)
+        result = nightly.infer_user_links(ctx, cfg)
+        audit = [r for r in read_audit(store, args.ds) if r["run_id"] == args.run_id and r["job"] == "infer_user_links"]
+        executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
+        with open(args.out, "w") as fh:
+            json.dump({"version": result.commit.version if result.commit else None,
+                       "metrics": audit[-1]["metrics"], "executors": executors}, fh)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -79,11 +79,19 @@ with DAG(
                               description="never recommend an item already in the user's history"),
         "candidate_mode": Param("auto", type="string", enum=CANDIDATE_MODES, title="candidate_mode",
                                 description="broadcast the candidate table, shard it, or choose by size"),
+        "user_candidates": Param(False, type="boolean", title="user_candidates",
+                                 description="rank each user's own list from user_candidates(ds) "
+                                             "(written by a retrieval stage) instead of the whole catalogue"),
     },
 ) as dag:
     partition = ["--lakehouse", "{{ params.lakehouse }}", "--ds", RUN_DATE, "--run-id", RUN_ID]
     checkpoint = ["--checkpoint", "{{ params.checkpoint }}"]
-    top_k = ["--top-k", "{{ params.top_k }}", "{{ '' if params.exclude_seen else '--include-seen' }}"]
+    # what score_topk ranked, which validate_publish must know to expect the right rows per user
+    ranking = [
+        "--top-k", "{{ params.top_k }}",
+        "{{ '' if params.exclude_seen else '--include-seen' }}",
+        "{{ '--user-candidates' if params.user_candidates else '' }}",
+    ]
 
     extract_histories = LimeRankSparkSubmitOperator(
         task_id="extract_histories", job="extract_histories",
@@ -99,11 +107,11 @@ with DAG(
     )
     score_topk = LimeRankSparkSubmitOperator(
         task_id="score_topk", job="score_topk",
-        application_args=[*partition, *checkpoint, *top_k, "--candidate-mode", "{{ params.candidate_mode }}"],
+        application_args=[*partition, *checkpoint, *ranking, "--candidate-mode", "{{ params.candidate_mode }}"],
     )
     validate_publish = LimeRankSparkSubmitOperator(
         task_id="validate_publish", job="validate_publish",
-        application_args=[*partition, *top_k],
+        application_args=[*partition, *ranking],
         outlets=[RECOMMENDATIONS],
     )
 

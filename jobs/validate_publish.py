@@ -3,7 +3,7 @@
     spark-submit jobs/validate_publish.py --lakehouse DIR --ds 2024-01-30 --top-k 10 --run-id RID
 
 1. re-checks the committed ``recommendations(ds)`` with :mod:`pipelines.quality`
-   (K rows per user, ranks 1..K, finite scores, one model_version across
+   (K rows per user, fewer only when fewer are eligible, ranks 1..K, finite scores, one model_version across
    ``user_links``, ``candidate_link_weights`` and ``recommendations``, no user lost
    since ``user_histories(ds)``);
 2. writes the HTML run report to ``<lakehouse>/_reports/ds=<ds>/run_report.html``
@@ -47,6 +47,7 @@ class PublishConfig:
     run_id: str
     top_k: int
     exclude_seen: bool
+    user_candidates: bool = False
 
     def __post_init__(self) -> None:
         from pipelines.errors import ConfigError
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=positive_int, default=10, help="K the run scored (default 10)")
     parser.add_argument("--include-seen", action="store_true",
                         help="the run did not exclude seen items (changes the expected rows per user)")
+    parser.add_argument("--user-candidates", action="store_true",
+                        help="the run ranked per-user lists from user_candidates(ds) (ditto)")
     add_spark_args(parser)
     return parser
 
@@ -123,7 +126,13 @@ def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditReco
     from pipelines.audit import read_audit
     from pipelines.errors import PartitionNotFoundError
     from pipelines.quality import Check, QualityReport, check_recommendations
-    from pipelines.schemas import CANDIDATE_LINK_WEIGHTS, RECOMMENDATIONS, USER_HISTORIES, USER_LINKS
+    from pipelines.schemas import (
+        CANDIDATE_LINK_WEIGHTS,
+        RECOMMENDATIONS,
+        USER_CANDIDATES,
+        USER_HISTORIES,
+        USER_LINKS,
+    )
 
     part = {"ds": cfg.ds}
     version = store.version(RECOMMENDATIONS)
@@ -132,10 +141,14 @@ def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditReco
     if store.partition_rows(USER_HISTORIES, part) == 0:
         raise PartitionNotFoundError("user_histories", part,
                                      hint=f"; run extract-histories for ds={cfg.ds} first")
+    if cfg.user_candidates and store.partition_rows(USER_CANDIDATES, part) == 0:
+        raise PartitionNotFoundError("user_candidates", part, hint=" but the run was told to rank them")
     recs = store.read(RECOMMENDATIONS, version=version, partition=part).persist()
     try:
         histories = store.read(USER_HISTORIES, partition=part)
         links = store.read(USER_LINKS, partition=part) if store.exists(USER_LINKS) else None
+        own_lists = (store.read(USER_CANDIDATES, partition=part).select("user_id", "item_ids")
+                     if cfg.user_candidates else None)
         audit_rows = read_audit(store, cfg.ds)
         versions = sorted(r.model_version for r in recs.select("model_version").distinct().collect())
         model_version = run_model_version(audit_rows, cfg.run_id, versions)
@@ -148,7 +161,7 @@ def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditReco
             candidate_ids = recs.sparkSession.range(0).select(F.col("id").alias("item_id"))
         gate = check_recommendations(recs, histories, candidate_ids, ds=cfg.ds, top_k=cfg.top_k,
                                      model_version=model_version, exclude_seen=cfg.exclude_seen,
-                                     user_links=links)
+                                     user_links=links, user_candidates=own_lists)
         gate = QualityReport(gate.table, gate.ds, [*gate.checks, Check(
             "candidate_link_weights", candidates > 0,
             f"{candidates} candidate row(s) for model_version {model_version}")], gate.stats)
@@ -186,7 +199,7 @@ def _main(argv: list[str] | None) -> int:
 
     args = build_parser().parse_args(argv)
     cfg = PublishConfig(ds=args.ds, run_id=args.run_id or new_run_id(), top_k=args.top_k,
-                        exclude_seen=not args.include_seen)
+                        exclude_seen=not args.include_seen, user_candidates=args.user_candidates)
     spark = spark_from_args(args, "lime-rank validate_publish")
     store = open_lakehouse(spark, args.lakehouse)
     with audited(store, JOB, cfg.ds, cfg.run_id) as record:

@@ -153,9 +153,10 @@ def test_conf_override_changes_k_and_flags_of_scoring_and_gate(dagbag: Any) -> N
     when = dt.datetime(2024, 1, 5, 2, tzinfo=dt.UTC)
     for task_id in ("score_topk", "validate_publish"):
         default = _render(dag, task_id, {}, when)
-        override = _render(dag, task_id, {"top_k": 3, "exclude_seen": False}, when)
+        override = _render(dag, task_id, {"top_k": 3, "exclude_seen": False, "user_candidates": True}, when)
         assert (_flag(default, "--top-k"), _flag(override, "--top-k")) == ("10", "3")
-        assert "--include-seen" not in default and "--include-seen" in override
+        for flag in ("--include-seen", "--user-candidates"):
+            assert flag not in default and flag in override
         assert _flag(default, "--ds") == "2024-01-05" and _flag(default, "--run-id") == "manual__1"
     args = _render(dag, "score_topk", {"candidate_mode": "sharded", "checkpoint": "/m.pt"}, when)
     assert (_flag(args, "--candidate-mode"), _flag(args, "--checkpoint")) == ("sharded", "/m.pt")

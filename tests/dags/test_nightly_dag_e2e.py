@@ -1,7 +1,8 @@
 """``airflow dags test lime_nightly_scoring`` end to end on a tiny synthetic lakehouse.
 
 Real Airflow (SQLite metadata DB, no scheduler), real spark-submit of the five
-jobs, a tiny random-weight LIME-XOR checkpoint.  No Spark connection is defined,
+jobs, a tiny random-weight LIME-XOR checkpoint
+(``lime_model.synthetic.random_checkpoint``).  No Spark connection is defined,
 so the tasks also prove the ``local[*]`` fallback.
 """
 
@@ -32,27 +33,10 @@ class World:
     env: Mapping[str, str]
 
 
-def tiny_checkpoint(path: Path, item_ids: np.ndarray) -> str:
-    """A LIME-XOR checkpoint with seeded random weights (d=16, 4 links, 1 block) over ``item_ids``."""
-    import torch
-
-    from lime_model.checkpoint import save_checkpoint
-    from lime_model.config import ModelConfig
-    from lime_model.model import create_model, init_weights
-    from lime_model.vocab import ItemVocabulary
-
-    torch.manual_seed(0)
-    vocab = ItemVocabulary(np.sort(np.asarray(item_ids, np.int64)))
-    cfg = ModelConfig(model="lime-xor", num_items=len(vocab) + 1, d_model=16, n_heads=2, n_links=4,
-                      n_layers=1, max_history=50, dropout=0.0)
-    net = create_model(cfg)
-    init_weights(net)
-    return save_checkpoint(path, net, vocab, np.zeros(len(vocab), np.int64), {"purpose": "DAG e2e test"})
-
-
 @pytest.fixture(scope="module")
 def world(spark: object, airflow_db: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> World:
     from jobs.cli import main as cli
+    from lime_model.synthetic import random_checkpoint
 
     root = tmp_path_factory.mktemp("nightly-e2e")
     lakehouse = root / "lakehouse"
@@ -60,7 +44,8 @@ def world(spark: object, airflow_db: dict[str, str], tmp_path_factory: pytest.Te
                 "--days", "5"]) == 0
     items = DeltaTable(str(lakehouse / "items")).to_pyarrow_table().column("item_id").to_numpy()
     checkpoint = root / "lime-xor.pt"
-    version = tiny_checkpoint(checkpoint, items)
+    version = random_checkpoint(checkpoint, np.sort(items), d_model=16, n_heads=2, n_links=4, n_layers=1,
+                                max_history=50)
     env = {**airflow_db, "LIME_RANK_LAKEHOUSE": str(lakehouse), "LIME_RANK_CHECKPOINT": str(checkpoint),
            "LIME_RANK_DAG_RETRIES": "0", "LIME_RANK_SPARK_LOG_LEVEL": "ERROR"}
     env.pop("AIRFLOW_CONN_SPARK_DEFAULT", None)

@@ -18,6 +18,7 @@ from pipelines.schemas import (
     CANDIDATE_LINK_WEIGHTS,
     ITEMS,
     RECOMMENDATIONS,
+    USER_CANDIDATES,
     USER_HISTORIES,
     USER_LINKS,
     TableSpec,
@@ -114,6 +115,15 @@ def test_failed_gate_exits_1_and_does_not_publish(
     assert row["status"] == "failed" and row["metrics"]["quality"]["checks"][failed_check] is False
     page = (lakehouse / "_reports" / f"ds={DS}" / "run_report.html").read_text()
     assert 'id="gate"><span class="fail">FAILED' in page
+
+
+@pytest.mark.spark
+def test_per_user_candidate_lists_set_the_expected_rows(spark, lakehouse: Path) -> None:
+    # user 2 ranked its own one-item list: one row is right, and only the flag tells the gate so
+    store = _lakehouse(lakehouse, _recs([r for r in GOOD_RECS if r[:2] != (2, 2)]))
+    _write(store, USER_CANDIDATES, [{"ds": DS, "user_id": 2, "item_ids": [1, 3]}], "own-lists")
+    assert _run(lakehouse, "--user-candidates") == 0
+    assert _rows(lakehouse)[-1]["status"] == STATUS_PUBLISHED
 
 
 @pytest.mark.spark

@@ -15,6 +15,7 @@ variable                        meaning                                      def
 ``LIME_RANK_DAG_RETRIES``       retries of every task (0 for local/CI runs)  ``2``
 ``LIME_RANK_DAG_RETRY_DELAY_S`` seconds between retries                      ``300``
 ``LIME_RANK_PYTHON``            interpreter of the Spark driver and workers  this interpreter
+``LIME_RANK_SPARK_CONF``        JSON object of extra ``--conf`` for every job ``{}``
 =============================== ============================================ ==========================
 
 When the Spark connection is not defined anywhere (environment, secrets backend,
@@ -44,6 +45,10 @@ DEFAULT_MASTER = "local[*]"
 DEFAULT_RETRIES = 2
 DEFAULT_RETRY_DELAY_S = 300
 TAGS = ["lime-rank", "spark"]
+# Airflow creates no task instance for a logical date before a task's start_date (the run then
+# "succeeds" doing nothing), and data sets such as MovieLens-100K are from the 1990s.  With
+# catchup=False an early start_date schedules nothing extra.
+START_DATE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # The run date of a task: the logical date's day.  Asset-triggered runs (and API
 # triggers without a logical date) have none in Airflow 3, so fall back to run_after.
@@ -73,6 +78,23 @@ LAKEHOUSE = _env_path("LIME_RANK_LAKEHOUSE", DEFAULT_LAKEHOUSE)
 CHECKPOINT = _env_path("LIME_RANK_CHECKPOINT", DEFAULT_CHECKPOINT)
 SPARK_CONN_ID = os.environ.get("LIME_RANK_SPARK_CONN_ID", "").strip() or "spark_default"
 PYTHON = os.environ.get("LIME_RANK_PYTHON", "").strip() or sys.executable
+
+
+def _env_spark_conf() -> dict[str, str]:
+    text = os.environ.get("LIME_RANK_SPARK_CONF", "").strip()
+    if not text:
+        return {}
+    try:
+        conf = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"$LIME_RANK_SPARK_CONF must be a JSON object, got {text!r}: {exc}") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"$LIME_RANK_SPARK_CONF must be a JSON object, got {text!r}")
+    return {str(k): str(v) for k, v in conf.items()}
+
+
+# Spark's own INFO lines would drown the job's log in the task log (the jobs log at INFO).
+SPARK_CONF = {"spark.log.level": "WARN", **_env_spark_conf()}
 
 
 def default_args() -> dict[str, Any]:
@@ -149,8 +171,7 @@ class LimeRankSparkSubmitOperator(SparkSubmitOperator):
         kwargs.setdefault("conn_id", SPARK_CONN_ID)
         kwargs.setdefault("env_vars", spark_env())
         kwargs.setdefault("name", f"lime-rank-{job}")
-        # Spark's own INFO lines would drown the job's log in the task log; the jobs log at INFO
-        kwargs.setdefault("conf", {"spark.log.level": "WARN"})
+        kwargs.setdefault("conf", dict(SPARK_CONF))
         super().__init__(application=job_path(job), application_args=list(application_args), **kwargs)
         self.job = job
 

@@ -60,6 +60,13 @@ def test_dag_has_tags_docs_and_retries_of_at_least_two(dagbag: Any, dag_id: str)
 
 
 @pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
+def test_a_historical_ds_runs_every_task(dagbag: Any, dag_id: str) -> None:
+    # regression: with start_date 2024-01-01, `dags test ... 1998-04-22` (MovieLens) ran no task and succeeded
+    first_movielens_day = dt.datetime(1997, 9, 20, tzinfo=dt.UTC)
+    assert all(t.start_date is None or t.start_date <= first_movielens_day for t in dagbag.dags[dag_id].tasks)
+
+
+@pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
 def test_task_graph_is_the_documented_one(dagbag: Any, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     nodes, edges = documented_edges(dag.doc_md)
@@ -78,6 +85,13 @@ def test_retries_can_be_lowered_for_local_runs(dagbag_with_env: Any) -> None:
     assert bag.import_errors == {}
     for dag in bag.dags.values():
         assert {(t.retries, t.retry_delay) for t in dag.tasks} == {(0, dt.timedelta(seconds=1))}
+
+
+def test_spark_conf_comes_from_the_environment(dagbag_with_env: Any) -> None:
+    bag = dagbag_with_env(LIME_RANK_SPARK_CONF='{"spark.sql.shuffle.partitions": 4}')
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            assert task.conf == {"spark.log.level": "WARN", "spark.sql.shuffle.partitions": "4"}
 
 
 def test_a_bad_retries_setting_is_an_import_error_naming_it(dagbag_with_env: Any) -> None:

@@ -47,7 +47,8 @@ def world(spark: object, airflow_db: dict[str, str], tmp_path_factory: pytest.Te
     version = random_checkpoint(checkpoint, np.sort(items), d_model=16, n_heads=2, n_links=4, n_layers=1,
                                 max_history=50)
     env = {**airflow_db, "LIME_RANK_LAKEHOUSE": str(lakehouse), "LIME_RANK_CHECKPOINT": str(checkpoint),
-           "LIME_RANK_DAG_RETRIES": "0", "LIME_RANK_SPARK_LOG_LEVEL": "ERROR"}
+           "LIME_RANK_DAG_RETRIES": "0", "LIME_RANK_SPARK_LOG_LEVEL": "ERROR",
+           "LIME_RANK_SPARK_CONF": '{"spark.sql.shuffle.partitions": "2"}'}
     env.pop("AIRFLOW_CONN_SPARK_DEFAULT", None)
     return World(lakehouse, checkpoint, version, env)
 

@@ -245,7 +245,7 @@ def plot_stages(stages: Sequence[StageTiming]) -> str:
     rows_ax.invert_yaxis()
     rows_ax.set_xlabel("rows written")
     time_ax.barh(y, [s.seconds for s in stages], color="tab:orange")
-    time_ax.set_xlabel("seconds")
+    time_ax.set_xlabel("seconds (job body, from run_audit)")
     fig.suptitle("Rows and time per stage")
     return _png(fig)
 
@@ -336,7 +336,7 @@ Generated {_esc(data.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"))}.</p>
 </table>
 <h2>Stages</h2>
 <table>
-<tr><th>stage</th><th>status</th><th>rows written</th><th>seconds</th></tr>
+<tr><th>stage</th><th>status</th><th>rows written</th><th>seconds (job body)</th></tr>
 {stages}
 </table>
 {images}

@@ -1,8 +1,8 @@
 """An isolated Airflow for the DAG tests: AIRFLOW_HOME in a temporary folder, SQLite, no examples.
 
 Airflow reads its configuration when first imported, so the environment is set
-here, before any test module of this folder imports it.  The LIME Rank variables
-are removed so that the DAGs are parsed with their built-in defaults.
+here, before any test module of this folder imports it.  The DAGs' LIME_RANK_*
+settings are removed so that the DAGs are parsed with their built-in defaults.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ AIRFLOW_ENV = {
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
 }
 os.environ.update(AIRFLOW_ENV)
-for name in [n for n in os.environ if n.startswith("LIME_RANK_") and n != "LIME_RANK_SPARK_LOG_LEVEL"]:
-    del os.environ[name]
+DAG_SETTINGS = ("LIME_RANK_LAKEHOUSE", "LIME_RANK_CHECKPOINT", "LIME_RANK_SPARK_CONN_ID", "LIME_RANK_SPARK_CONF",
+                "LIME_RANK_DAG_RETRIES", "LIME_RANK_DAG_RETRY_DELAY_S", "LIME_RANK_PYTHON")
+for name in DAG_SETTINGS:
+    os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session", autouse=True)

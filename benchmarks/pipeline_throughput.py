@@ -306,11 +306,11 @@ def compare_lists(a: Any, b: Any, tolerance: float = 1e-4) -> tuple[bool, int]:
             differing += 1
             continue
         ia, ib = la.item_id.to_numpy(), rb.item_id.to_numpy()
-        if (ia == ib).all():
-            continue
         sa, sb = la.score.to_numpy(np.float64), rb.score.to_numpy(np.float64)
         if not np.allclose(sa, sb, rtol=tolerance, atol=1e-6):
             differing += 1
+            continue
+        if (ia == ib).all():
             continue
         tied = [np.isclose(sa, sa[i], rtol=tolerance).sum() > 1 or np.isclose(sa[i], sa[-1], rtol=tolerance)
                 for i in np.flatnonzero(ia != ib)]

@@ -312,6 +312,41 @@ def model_topk(
     )
 
 
+def dot_product_topk(users: DataFrame, item_ids: np.ndarray, item_factors: np.ndarray, k: int,
+                     user_block: int = 1024, candidate_block: int = 8192) -> DataFrame:
+    """The same block top-K engine for plain dot-product models (two towers, ALS factors).
+
+    ``users``: (user_id bigint, features array<float> of width r); ``item_factors`` ``(C, r)``.
+    A dot product is the LIME score with one link and one head whose weights are 1 and no
+    bias, so the very kernel the nightly scorer uses runs here.  Returns (user_id, rank,
+    item_id, score) with the same tie rule (score desc, item id asc).
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    order = np.argsort(item_ids, kind="stable")
+    factors = np.ascontiguousarray(item_factors[order], dtype=np.float32)
+    matrix = CandidateMatrix(np.asarray(item_ids, np.int64)[order], np.ones((len(order), 1), np.float32),
+                             factors, np.zeros(len(order), np.float32))
+    broadcast = users.sparkSession.sparkContext.broadcast(matrix)
+    rank = factors.shape[1]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        task_device("cpu")
+        cands = broadcast.value
+        empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+        blocks = (b.slice(o, user_block) for b in batches for o in range(0, b.num_rows, user_block))
+        for batch in blocks:
+            flat = pc.list_flatten(batch.column("features")).to_numpy(zero_copy_only=False)
+            values = torch.from_numpy(flat.astype(np.float32)).view(batch.num_rows, 1, rank)  # (B, 1, r)
+            with torch.inference_mode():
+                ids, scores = topk_against(values, cands, 1, 1, k, empty, candidate_block)
+            yield topk_rows(batch.column("user_id").to_numpy(zero_copy_only=False), ids.numpy(), scores.numpy())
+
+    return users.select("user_id", "features").mapInArrow(run, from_arrow_schema(TOPK_SCHEMA))
+
+
 def popular_items(histories: DataFrame, candidate_ids: np.ndarray, k: int) -> list[tuple[int, int, float]]:
     """The popularity list: (rank, item_id, score=count) of the k candidates seen most in the
     histories of ds (count desc, item id asc), filled with unseen candidates by id if needed."""

@@ -165,6 +165,8 @@ class LimeRankSparkSubmitOperator(SparkSubmitOperator):
       written as ``"{{ '--flag' if params.x else '' }}"``.
     * If the connection is not defined anywhere, the task runs on ``local[*]``
       (the provider would otherwise fall back to YARN).
+    * The events of its outlets (emitted when the job succeeded) carry ``ds`` and
+      ``lakehouse`` in their extra, so consumers know which partition was published.
     """
 
     def __init__(self, *, job: str, application_args: Sequence[str], **kwargs: Any) -> None:
@@ -179,6 +181,14 @@ class LimeRankSparkSubmitOperator(SparkSubmitOperator):
         self.application_args = [str(a) for a in self.application_args or [] if str(a) != ""]
         _default_master_if_undefined(self._conn_id)
         super().execute(context)
+        extra = {key: value for key, value in (("ds", self._arg("--ds")), ("lakehouse", self._arg("--lakehouse")))
+                 if value is not None}
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra.update(extra)
+
+    def _arg(self, flag: str) -> str | None:
+        args = self.application_args or []
+        return str(args[args.index(flag) + 1]) if flag in args[:-1] else None
 
 
 def _default_master_if_undefined(conn_id: str) -> None:

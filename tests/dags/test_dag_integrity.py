@@ -211,3 +211,25 @@ def test_candidate_refresh_runs_on_catalogue_or_model_change_and_nightly_publish
     nightly = dagbag.dags[NIGHTLY]
     assert {t.task_id: [a.name for a in t.outlets] for t in nightly.tasks if t.outlets} == {
         "validate_publish": ["lime_rank.recommendations"]}
+
+
+def test_operator_drops_empty_args_and_tags_its_asset_events_with_the_partition(
+    dagbag: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    dag = dagbag.dags[NIGHTLY]
+    task = copy.deepcopy(dag.task_dict["validate_publish"])
+    params = _serialized(dag).params.deep_merge({"lakehouse": "/lake"}).validate()
+    run = SimpleNamespace(logical_date=dt.datetime(2024, 1, 5, 2, tzinfo=dt.UTC), run_after=None)
+    task.render_template_fields({"params": params, "run_id": "r1", "dag_run": run}, jinja_env=dag.get_template_env())
+    assert "" in task.application_args  # the optional flags rendered empty
+
+    submitted: list[list[str]] = []
+    monkeypatch.setattr(SparkSubmitOperator, "execute", lambda op, ctx: submitted.append(op.application_args))
+    module_globals = type(task).execute.__globals__  # lime_rank_common, as the DagBag loaded it
+    monkeypatch.setitem(module_globals, "_default_master_if_undefined", lambda conn_id: None)
+    events: dict[Any, SimpleNamespace] = {asset: SimpleNamespace(extra={}) for asset in task.outlets}
+    task.execute({"outlet_events": events})
+    assert submitted == [["--lakehouse", "/lake", "--ds", "2024-01-05", "--run-id", "r1", "--top-k", "10"]]
+    assert [e.extra for e in events.values()] == [{"ds": "2024-01-05", "lakehouse": "/lake"}]

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_dags_test_runs_the_nightly_dag_and_a_conf_override_changes_k(world: Wor
     assert audit.set_index("job").loc["validate_publish", "status"] == "published"
 
     # the outlet of validate_publish: one event on the recommendations Asset, naming the partition
-    with sqlite3.connect(Path(world.env["AIRFLOW_HOME"]) / "airflow.db") as db:
+    with closing(sqlite3.connect(Path(world.env["AIRFLOW_HOME"]) / "airflow.db")) as db:
         events = db.execute("SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id").fetchall()
     assert [(name, json.loads(extra)) for name, extra in events] == [
         ("lime_rank.recommendations", {"ds": DS, "lakehouse": str(lake)})]

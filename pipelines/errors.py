@@ -18,6 +18,7 @@ __all__ = [
     "EmptyCatalogueError",
     "GpuUnavailableError",
     "InvalidPartitionValueError",
+    "LakehouseNotFoundError",
     "LimeRankError",
     "MissingDataFileError",
     "ModelVersionMismatchError",
@@ -45,6 +46,10 @@ class SparkConfigError(ConfigError):
 
 class TableError(LimeRankError):
     """Base class of table-layer errors."""
+
+
+class LakehouseNotFoundError(TableError):
+    """The lakehouse root folder does not exist (a typo must not create a new, empty lakehouse)."""
 
 
 class TableNotFoundError(TableError):

@@ -16,6 +16,8 @@ __all__ = [
     "ConcurrentWriteError",
     "ConfigError",
     "EmptyCatalogueError",
+    "FaultInjectionError",
+    "FaultSpecError",
     "GpuUnavailableError",
     "InvalidPartitionValueError",
     "LakehouseNotFoundError",
@@ -138,6 +140,14 @@ class GpuUnavailableError(LimeRankError):
 
 class QualityGateError(LimeRankError):
     """The published output failed a data-quality check; nothing was published."""
+
+
+class FaultSpecError(ConfigError):
+    """``$LIME_RANK_FAULT`` (test-only fault injection, pipelines/faults.py) is malformed."""
+
+
+class FaultInjectionError(LimeRankError):
+    """An injected fault could not be carried out as asked (tests only)."""
 
 
 def reraise_task_error(exc: BaseException) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from pipelines import faults
 from pipelines.errors import (
     ConcurrentWriteError,
     ConfigError,
@@ -480,6 +481,7 @@ class DeltaRsStore:
             create_table_with_add_actions,
         )
 
+        faults.commit_point(spec.name)  # no-op unless $LIME_RANK_FAULT names this table (tests)
         uri = self.uri(spec.name)
         fs, root = pafs.FileSystem.from_uri(uri)
         infos = fs.get_file_info([f"{root}/{f.path}" for f in files])

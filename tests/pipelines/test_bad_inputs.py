@@ -221,6 +221,8 @@ def test_audit_totals_add_up(world: World) -> None:
     assert extract["events_read"] == 100_142 and extract["events_on_ds"] == 23
     assert extract["users"] == 25 and extract["rows_written"] == 25
     assert extract["history_events"] == 136  # 120 + 8 + 5 + 1 + 2
+    dropped = ("null_ids", "negative_ids", "events_after_ds", "duplicate_events", "unknown_items", "truncated_events")
+    assert sum(int(extract[k]) for k in dropped) + extract["history_events"] == extract["events_read"]
     assert world.metrics["infer"]["users"] == world.metrics["infer"]["rows_written"] == 24
     assert world.metrics["score"]["rows_written"] == 25 * K
 
@@ -513,6 +515,15 @@ def test_nan_in_checkpoint(spark, world: World, lake: DeltaRsStore, tmp_path: Pa
                                                  r"\(1 of \d+ values\)"):
         open_ctx(spark, lake, tmp_path / "nan.ckpt")
     assert_nothing_written(lake, before, None)
+
+
+def test_checkpoint_with_a_forged_model_version(spark, world: World, lake: DeltaRsStore, tmp_path: Path) -> None:
+    payload = torch.load(world.ckpt, weights_only=True)
+    payload["model_version"] = world.other_version  # e.g. a copy of the other model's metadata
+    torch.save(payload, tmp_path / "forged.ckpt")
+    with pytest.raises(CheckpointCorruptError, match=rf"checkpoint .*forged.ckpt: content hash {world.version} does "
+                                                     rf"not match its model_version '{world.other_version}'"):
+        open_ctx(spark, lake, tmp_path / "forged.ckpt")
 
 
 def test_missing_checkpoint(spark, world: World, lake: DeltaRsStore, tmp_path: Path) -> None:

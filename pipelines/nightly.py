@@ -308,6 +308,7 @@ def _candidate_count(ctx: RunContext) -> int:
 
 
 def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from pipelines import scoring as s
@@ -364,8 +365,9 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                                   files=files, shards=shards)
         popular = s.popular_items(histories, candidate_ids, cfg.top_k)
         record.metrics["popular_items"] = [p[1] for p in popular]
+        # scored once, read twice (gate, write); on local disk so memory does not grow with users
         recs = s.recommendations(model_rows, histories.where(F.col("n") == 0), popular, ds=ctx.ds,
-                                 model_version=ctx.model_version).persist()
+                                 model_version=ctx.model_version).persist(StorageLevel.DISK_ONLY)
         try:
             ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
             try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours

@@ -60,6 +60,7 @@ class ScoringConfig:
     broadcast_max_bytes: int = 512 * 1024 * 1024
     shards: int | None = None
     candidate_block: int = 8192
+    user_block: int = 1024
     device: str = "cpu"
     per_user_candidates: bool = False  # rank each user's list in user_candidates(ds) when it has one
 
@@ -72,8 +73,9 @@ class ScoringConfig:
             raise ConfigError(f"broadcast_max_bytes must be >= 1, got {self.broadcast_max_bytes}")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"shards must be >= 1, got {self.shards}")
-        if self.candidate_block < 1:
-            raise ConfigError(f"candidate_block must be >= 1, got {self.candidate_block}")
+        if self.candidate_block < 1 or self.user_block < 1:
+            raise ConfigError(f"candidate_block and user_block must be >= 1, got {self.candidate_block}, "
+                              f"{self.user_block}")
         if self.device not in DEVICE_POLICIES:
             raise ConfigError(f"scoring device must be one of {list(DEVICE_POLICIES)}, got {self.device!r}")
 
@@ -227,9 +229,10 @@ def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):
         loaded = load_model(cfg.checkpoint, cfg.model_version, device)
         mc = loaded.config
         cands = source.load(mc.n_heads, mc.n_links, mc.d_model)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
+        # user blocks of bounded size: memory per task is (user_block x candidate_block) scores
+        blocks = (whole.slice(off, cfg.user_block) for whole in batches
+                  for off in range(0, whole.num_rows, cfg.user_block))
+        for batch in blocks:
             flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
             _check_finite_links(flat, batch.column("user_id"), mc.n_links * mc.d_model)
             l_p = torch.from_numpy(flat.astype(np.float32)).view(
@@ -319,6 +322,41 @@ def model_topk(
         .where(F.col("rank") <= cfg.top_k)
         .select("user_id", "rank", "item_id", "score")
     )
+
+
+def dot_product_topk(users: DataFrame, item_ids: np.ndarray, item_factors: np.ndarray, k: int,
+                     user_block: int = 1024, candidate_block: int = 8192) -> DataFrame:
+    """The same block top-K engine for plain dot-product models (two towers, ALS factors).
+
+    ``users``: (user_id bigint, features array<float> of width r); ``item_factors`` ``(C, r)``.
+    A dot product is the LIME score with one link and one head whose weights are 1 and no
+    bias, so the very kernel the nightly scorer uses runs here.  Returns (user_id, rank,
+    item_id, score) with the same tie rule (score desc, item id asc).
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    order = np.argsort(item_ids, kind="stable")
+    factors = np.ascontiguousarray(item_factors[order], dtype=np.float32)
+    matrix = CandidateMatrix(np.asarray(item_ids, np.int64)[order], np.ones((len(order), 1), np.float32),
+                             factors, np.zeros(len(order), np.float32))
+    broadcast = users.sparkSession.sparkContext.broadcast(matrix)
+    rank = factors.shape[1]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        task_device("cpu")
+        cands = broadcast.value
+        empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+        blocks = (b.slice(o, user_block) for b in batches for o in range(0, b.num_rows, user_block))
+        for batch in blocks:
+            flat = pc.list_flatten(batch.column("features")).to_numpy(zero_copy_only=False)
+            values = torch.from_numpy(flat.astype(np.float32)).view(batch.num_rows, 1, rank)  # (B, 1, r)
+            with torch.inference_mode():
+                ids, scores = topk_against(values, cands, 1, 1, k, empty, candidate_block)
+            yield topk_rows(batch.column("user_id").to_numpy(zero_copy_only=False), ids.numpy(), scores.numpy())
+
+    return users.select("user_id", "features").mapInArrow(run, from_arrow_schema(TOPK_SCHEMA))
 
 
 def popular_items(histories: DataFrame, candidate_ids: np.ndarray, k: int) -> list[tuple[int, int, float]]:

@@ -117,6 +117,8 @@ def build_conf(settings: SparkSettings) -> dict[str, str]:
         "spark.ui.enabled": "true" if settings.ui else "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.adaptive.enabled": "true",
+        # Arrow batches into Python tasks: user_links rows are ell*d floats, keep batches small
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
     }
     if not launched_by_spark_submit():
         # Python workers must run the driver's interpreter (and see its installed packages);

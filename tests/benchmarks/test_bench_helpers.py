@@ -1,0 +1,57 @@
+"""The benchmark's own logic: list comparison with ties, and the dot-product engine it races MLlib with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from benchmarks.common import tree_rss_bytes
+from benchmarks.pipeline_throughput import compare_lists
+
+
+def lists(rows: list[tuple[int, int, int, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
+
+
+def test_identical_lists_compare_equal() -> None:
+    a = lists([(1, 1, 10, 3.0), (1, 2, 11, 2.0)])
+    assert compare_lists(a, a.copy()) == (True, 0)
+
+
+def test_swaps_among_tied_scores_are_allowed_others_are_not() -> None:
+    a = lists([(1, 1, 10, 3.0), (1, 2, 11, 2.0), (1, 3, 12, 2.0)])
+    tie_swap = lists([(1, 1, 10, 3.0), (1, 2, 12, 2.0), (1, 3, 11, 2.0)])
+    boundary = lists([(1, 1, 10, 3.0), (1, 2, 11, 2.0), (1, 3, 99, 2.0)])  # another item tied at the K-th place
+    wrong = lists([(1, 1, 11, 3.0), (1, 2, 10, 2.0), (1, 3, 12, 2.0)])
+    assert compare_lists(a, tie_swap) == (True, 0)
+    assert compare_lists(a, boundary) == (True, 0)
+    assert compare_lists(a, wrong) == (False, 1)
+    assert compare_lists(a, lists([(1, 1, 10, 3.0), (1, 2, 11, 1.0), (1, 3, 12, 2.0)])) == (False, 1)
+    assert compare_lists(a, lists([(2, 1, 10, 3.0)])) == (False, 2)  # user 1 missing, user 2 extra
+
+
+@pytest.mark.spark
+def test_dot_product_engine_equals_brute_force(spark) -> None:
+    from pipelines.scoring import dot_product_topk
+
+    rng = np.random.default_rng(0)
+    users, items, rank, k = 50, 300, 6, 5
+    item_ids = rng.permutation(np.arange(1000, 1000 + items)).astype(np.int64)
+    factors = rng.standard_normal((items, rank)).astype(np.float32)
+    user_f = rng.standard_normal((users, rank)).astype(np.float32)
+    df = spark.createDataFrame(pa.table({"user_id": pa.array(np.arange(users), pa.int64()),
+                                         "features": pa.array(list(user_f), pa.list_(pa.float32()))}))
+    got = dot_product_topk(df, item_ids, factors, k, user_block=16, candidate_block=64).toPandas()
+    got = got.sort_values(["user_id", "rank"])
+    scores = user_f @ factors.T
+    for u in range(users):
+        order = np.lexsort((item_ids, -scores[u]))[:k]
+        assert got[got.user_id == u].item_id.tolist() == item_ids[order].tolist()
+
+
+def test_tree_rss_counts_this_process() -> None:
+    import os
+
+    assert tree_rss_bytes(os.getpid()) > 10 * 2**20

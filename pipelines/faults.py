@@ -7,8 +7,8 @@ product, and only when the environment variable names them:
 
 ``kill-executor:stage=<stage>[:partition=<p>][:attempt=<a>][:once=<marker file>]``
     Inside the Python worker of a matching task attempt of ``<stage>`` (only
-    ``infer_user_links`` has this point), after its first output batch went to the
-    file writer: SIGKILL the executor JVM that runs the worker (the nearest parent
+    ``infer_user_links`` has this point), after it handed its first output batch to
+    Spark: SIGKILL the executor JVM that runs the worker (the nearest parent
     process running ``CoarseGrainedExecutorBackend``).  Spark sees a lost executor
     and re-runs the task elsewhere.  ``partition`` and ``attempt`` default to 0;
     with ``once`` the fault fires only for the attempt that creates the marker file

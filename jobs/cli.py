@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score-topk": ("jobs.score_topk", "user_links(ds) x candidate_link_weights -> recommendations(ds)"),
     "validate-publish": ("jobs.validate_publish", "quality gate, run report and audit row for ds"),
     "run": ("jobs.run_nightly", "run the four nightly jobs in order, without Airflow"),
+    "vacuum": ("jobs.vacuum", "list (default) or delete data files no table version references"),
+    "rollback": ("jobs.rollback", "make one ds partition hold what it held at an earlier table version"),
 }
 
 

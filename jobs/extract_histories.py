@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(parser)
     parser.add_argument("--max-history", type=positive_int, default=200,
                         help="keep the last N events per user (default 200)")
+    parser.add_argument("--allow-empty-ds", action="store_true",
+                        help="accept a ds without any event (default: refuse, the upstream day may be missing)")
     add_spark_args(parser)
     return parser
 
@@ -28,7 +30,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     HistoryConfig(ds=args.ds, max_history=args.max_history)  # validate before starting Spark
     ctx = open_run(args, "lime-rank extract_histories")
-    report_stage(extract_histories(ctx, args.max_history))
+    report_stage(extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds))
     return 0
 
 

@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser)
     parser.add_argument("--max-history", type=positive_int, default=200)
+    parser.add_argument("--allow-empty-ds", action="store_true",
+                        help="accept a ds without any event (default: refuse, the upstream day may be missing)")
     parser.add_argument("--inference-device", choices=("auto", "cpu", "cuda"), default="auto")
     add_scoring_args(parser)
     add_spark_args(parser)
@@ -27,12 +29,15 @@ def _main(argv: list[str] | None) -> int:
     from pipelines import nightly
     from pipelines.histories import HistoryConfig
     from pipelines.inference import InferenceConfig
+    from pipelines.scoring import check_top_k
 
     args = build_parser().parse_args(argv)
     HistoryConfig(ds=args.ds, max_history=args.max_history)
     ctx = open_run(args, "lime-rank run")
     scoring = scoring_config(args, ctx.checkpoint_path, ctx.model_version)
-    report_stage(nightly.extract_histories(ctx, args.max_history))
+    # before stage 1, not after three committed stages
+    check_top_k(scoring.top_k, nightly.catalogue_size(ctx), "of table 'items' known to the model")
+    report_stage(nightly.extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds))
     report_stage(nightly.precompute_candidates(ctx, args.inference_device))
     report_stage(nightly.infer_user_links(ctx, InferenceConfig(
         checkpoint=ctx.checkpoint_path, model_version=ctx.model_version, device=args.inference_device)))

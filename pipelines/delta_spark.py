@@ -64,6 +64,11 @@ class DeltaSparkStore:
             return None
         return int(table.history(1).select("version").head().getLong(0))
 
+    def table_id(self, spec: TableSpec) -> str | None:
+        if self._jtable(spec) is None:
+            return None
+        return str(self.spark.sql(f"DESCRIBE DETAIL delta.`{self.uri(spec.name)}`").select("id").head()[0])
+
     def committed_version(self, spec: TableSpec, app_id: str) -> int | None:
         if self._jtable(spec) is None:
             return None

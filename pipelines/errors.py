@@ -16,8 +16,11 @@ __all__ = [
     "ConcurrentWriteError",
     "ConfigError",
     "EmptyCatalogueError",
+    "FaultInjectionError",
+    "FaultSpecError",
     "GpuUnavailableError",
     "InvalidPartitionValueError",
+    "LakehouseNotFoundError",
     "LimeRankError",
     "MissingDataFileError",
     "ModelVersionMismatchError",
@@ -45,6 +48,10 @@ class SparkConfigError(ConfigError):
 
 class TableError(LimeRankError):
     """Base class of table-layer errors."""
+
+
+class LakehouseNotFoundError(TableError):
+    """The lakehouse root folder does not exist (a typo must not create a new, empty lakehouse)."""
 
 
 class TableNotFoundError(TableError):
@@ -133,6 +140,14 @@ class GpuUnavailableError(LimeRankError):
 
 class QualityGateError(LimeRankError):
     """The published output failed a data-quality check; nothing was published."""
+
+
+class FaultSpecError(ConfigError):
+    """``$LIME_RANK_FAULT`` (test-only fault injection, pipelines/faults.py) is malformed."""
+
+
+class FaultInjectionError(LimeRankError):
+    """An injected fault could not be carried out as asked (tests only)."""
 
 
 def reraise_task_error(exc: BaseException) -> None:

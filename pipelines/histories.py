@@ -10,6 +10,10 @@ Rules (DESIGN.md §2), each dropped row counted:
 * items unknown to the model vocabulary -> ``unknown_items`` (the user stays, possibly
   with an empty history: that user gets the popularity list downstream);
 * the last ``max_history`` events by time, ties broken by item id -> ``truncated_events``.
+
+``events_on_ds`` counts the valid events of the day ``ds`` itself: zero means the
+upstream day has not landed (or ``ds`` is wrong), and the job refuses to publish
+histories that silently stop at an earlier day.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ class HistoryConfig:
         """First instant after ``ds`` (UTC), as a timestamp literal."""
         return f"{dt.date.fromisoformat(self.ds) + dt.timedelta(days=1)} 00:00:00"
 
+    @property
+    def start(self) -> str:
+        """First instant of ``ds`` (UTC), as a timestamp literal."""
+        return f"{self.ds} 00:00:00"
+
 
 def check_events_schema(events: DataFrame) -> None:
     require_columns("events", events.schema, {"user_id": INTEGER, "item_id": INTEGER, "ts": TIMESTAMP})
@@ -81,20 +90,25 @@ def flag_events(events: DataFrame, cfg: HistoryConfig) -> DataFrame:
         (F.col("user_id").isNull() | F.col("item_id").isNull() | F.col("ts").isNull()).alias("is_null"),
         ((F.col("user_id") < 0) | (F.col("item_id") < 0)).alias("is_negative"),
         (F.col("ts") >= end).alias("is_future"),
+        (F.col("ts") >= F.to_timestamp(F.lit(cfg.start))).alias("is_on_or_after_ds"),
     )
 
 
 def drop_counts(flagged: DataFrame) -> dict[str, int]:
-    """One pass: rows read and rows dropped for null ids, negative ids, events after ds."""
+    """One pass: rows read, rows dropped for null ids, negative ids, events after ds, and the
+    valid events of the day ds itself (``events_on_ds``)."""
     from pyspark.sql import functions as F
 
+    valid = ~F.col("is_null") & ~F.col("is_negative")
     row = flagged.agg(
         F.count(F.lit(1)).alias("events_read"),
         F.sum(F.col("is_null").cast("long")).alias("null_ids"),
         F.sum((~F.col("is_null") & F.col("is_negative")).cast("long")).alias("negative_ids"),
-        F.sum((~F.col("is_null") & ~F.col("is_negative") & F.col("is_future")).cast("long")).alias("events_after_ds"),
+        F.sum((valid & F.col("is_future")).cast("long")).alias("events_after_ds"),
+        F.sum((valid & ~F.col("is_future") & F.col("is_on_or_after_ds")).cast("long")).alias("events_on_ds"),
     ).head()
-    return {k: int(row[k] or 0) for k in ("events_read", "null_ids", "negative_ids", "events_after_ds")}
+    return {k: int(row[k] or 0)
+            for k in ("events_read", "null_ids", "negative_ids", "events_after_ds", "events_on_ds")}
 
 
 def user_event_lists(flagged: DataFrame, known_items: DataFrame, cfg: HistoryConfig) -> DataFrame:

@@ -110,7 +110,7 @@ def _inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
         from pyspark import TaskContext
 
         from lime_model.inference import encode_histories
-        from pipelines import model_runtime
+        from pipelines import faults, model_runtime
 
         t0 = time.perf_counter()
         device, gpus = task_device(cfg.device)
@@ -131,6 +131,7 @@ def _inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
                  batch.column("user_id"), l_p_array(l_p)],
                 schema=USER_LINKS.schema,
             )
+            faults.task_point("infer_user_links")  # no-op unless $LIME_RANK_FAULT names it (tests)
         ctx = TaskContext.get()
         record = TaskRecord(
             partition=ctx.partitionId() if ctx else -1, attempt=ctx.attemptNumber() if ctx else 0,

@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from pipelines import faults
 from pipelines.errors import (
     ConcurrentWriteError,
     ConfigError,
+    LakehouseNotFoundError,
     MissingDataFileError,
     PartitionOutsideOverwriteError,
     SchemaMismatchError,
@@ -84,6 +86,21 @@ def resolve_root(root: str | os.PathLike[str]) -> str:
     if "://" in text:
         return text.rstrip("/")
     return str(Path(text).expanduser().resolve())
+
+
+def check_lakehouse_root(root: str) -> None:
+    """A local lakehouse root must be an existing folder (URIs with a scheme are not checked).
+
+    Jobs that read inputs call this first: writing the audit row of a failed run into a
+    mistyped path would otherwise create a new, empty lakehouse there.
+    """
+    if "://" in root:
+        return
+    if not Path(root).is_dir():
+        raise LakehouseNotFoundError(
+            f"lakehouse {root!r} does not exist or is not a folder; check --lakehouse "
+            "(only `lime-rank generate`/`load-movielens` create a lakehouse)"
+        )
 
 
 def _simple(dtype: DataType) -> str:
@@ -151,6 +168,8 @@ class TableStore(Protocol):
     def version(self, spec: TableSpec) -> int | None: ...
 
     def committed_version(self, spec: TableSpec, app_id: str) -> int | None: ...
+
+    def table_id(self, spec: TableSpec) -> str | None: ...
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
 
@@ -252,6 +271,11 @@ class DeltaRsStore:
         """The app-transaction version recorded for ``app_id`` (None: never committed)."""
         table = self._load(spec)
         return None if table is None else table.transaction_version(app_id)
+
+    def table_id(self, spec: TableSpec) -> str | None:
+        """The Delta table id (a UUID fixed at creation: a dropped and re-created table gets a new one)."""
+        table = self._load(spec)
+        return None if table is None else str(table.metadata().id)
 
     def delta_table(self, spec: TableSpec, version: int | None = None) -> DeltaTable:
         table = self._load(spec, version)
@@ -457,6 +481,7 @@ class DeltaRsStore:
             create_table_with_add_actions,
         )
 
+        faults.commit_point(spec.name)  # no-op unless $LIME_RANK_FAULT names this table (tests)
         uri = self.uri(spec.name)
         fs, root = pafs.FileSystem.from_uri(uri)
         infos = fs.get_file_info([f"{root}/{f.path}" for f in files])

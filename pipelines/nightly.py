@@ -9,6 +9,7 @@ content when the inputs are the same.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.audit import STATUS_SKIPPED, AuditRecord, audited
-from pipelines.errors import ModelVersionMismatchError, PartitionNotFoundError
+from pipelines.errors import ConfigError, ModelVersionMismatchError, PartitionNotFoundError, reraise_task_error
 from pipelines.lakehouse import CommitResult, TableStore
 from pipelines.model_runtime import check_pipeline_model
 from pipelines.schemas import (
@@ -60,8 +61,16 @@ class RunContext:
 
     @classmethod
     def open(cls, spark: SparkSession, store: TableStore, ds: str, run_id: str, checkpoint_path: str) -> RunContext:
+        """Validate the run's arguments and load the checkpoint, before any table is touched."""
         from lime_model.checkpoint import load_checkpoint
+        from pipelines.lakehouse import check_lakehouse_root
 
+        try:
+            if dt.date.fromisoformat(ds).isoformat() != ds:
+                raise ValueError(ds)
+        except ValueError:
+            raise ConfigError(f"ds must be a date YYYY-MM-DD, got {ds!r}") from None
+        check_lakehouse_root(store.root)  # a typo must fail here, not create a new lakehouse
         checkpoint = load_checkpoint(checkpoint_path)
         check_pipeline_model(checkpoint.config, checkpoint_path)
         return cls(spark, store, ds, run_id, checkpoint_path, checkpoint)
@@ -118,7 +127,21 @@ def _finish(record: AuditRecord, commit: CommitResult) -> StageResult:
 
 
 # --- extract_histories --------------------------------------------------------------------------
-def extract_histories(ctx: RunContext, max_history: int) -> StageResult:
+def _require_events_on_ds(ctx: RunContext, events_on_ds: int) -> None:
+    if events_on_ds == 0:
+        raise PartitionNotFoundError(
+            "events", {"event_date": ctx.ds},
+            hint=" (no valid event on that day: the upstream day has not landed or ds is wrong); "
+                 "pass --allow-empty-ds only if the day truly had no events",
+        )
+
+
+def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool = False) -> StageResult:
+    """``events`` up to the end of ``ds`` -> ``user_histories(ds)``.
+
+    A ``ds`` without a single valid event is :class:`PartitionNotFoundError` (histories that
+    silently stop at an earlier day would be published as today's) unless ``allow_empty_ds``.
+    """
     from pyspark import StorageLevel
 
     from pipelines import histories as h
@@ -133,9 +156,13 @@ def extract_histories(ctx: RunContext, max_history: int) -> StageResult:
         events = ctx.store.read_table("events")
         h.check_events_schema(events)
         pruned = h.prune_events(events, ctx.ds)
+        if pruned is not events and not allow_empty_ds:  # date-partitioned: a free check before the scan
+            _require_events_on_ds(ctx, ctx.store.count_rows("events", [(h.EVENT_DATE, "=", ctx.ds)]))
         flagged = h.flag_events(pruned, cfg)
         drops = _timed(record, "scan_events", lambda: h.drop_counts(flagged))
         assert isinstance(drops, dict)
+        if not allow_empty_ds:
+            _require_events_on_ds(ctx, drops["events_on_ds"])
         if pruned is not events:  # later date partitions are not read; their rows count as after ds
             later = ctx.store.count_rows("events", [(h.EVENT_DATE, ">", ctx.ds)])
             drops["events_after_ds"] += later
@@ -173,6 +200,8 @@ def extract_histories(ctx: RunContext, max_history: int) -> StageResult:
 # --- precompute_candidates ------------------------------------------------------------------------
 def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
     """Skipped when this model version's candidates were built from the current catalogue version."""
+    from pyspark.sql import functions as F
+
     from pipelines.candidates import candidate_rows, catalogue_in_vocabulary
     from pipelines.errors import EmptyCatalogueError
 
@@ -181,20 +210,28 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
         from pipelines.errors import TableNotFoundError
 
         raise TableNotFoundError("items", ctx.store.uri("items"))
-    app_id = f"{PRECOMPUTE_CANDIDATES}:model_version={ctx.model_version}:items@v{items_version}"
+    # the table id too: a dropped and re-created items table starts again at version 0
+    app_id = (f"{PRECOMPUTE_CANDIDATES}:model_version={ctx.model_version}"
+              f":items={ctx.store.table_id(ITEMS)}@v{items_version}")
     with audited(ctx.store, PRECOMPUTE_CANDIDATES, ctx.ds, ctx.run_id) as record:
         record.model_version = ctx.model_version
         record.metrics["items_version"] = items_version
         done = _already_done(ctx, record, CANDIDATE_LINK_WEIGHTS.name, app_id)
         if done:
             return done
-        ids = catalogue_in_vocabulary(ctx.store.read_table("items"), ctx.vocabulary()).persist()
+        items = ctx.store.read_table("items")
+        ids = catalogue_in_vocabulary(items, ctx.vocabulary()).persist()
         try:
             catalogue = ids.count()
+            read = items.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("item_id").alias("ids")).head()
+            record.count("items_read", read["rows"])
+            record.count("items_null_or_duplicate", read["rows"] - read["ids"])
+            record.count("items_unknown_to_model", read["ids"] - catalogue)
             record.count("candidates", catalogue)
             if catalogue == 0:
                 raise EmptyCatalogueError(
-                    f"no item of table 'items' is in the vocabulary of model {ctx.model_version}: nothing to score"
+                    f"table 'items' has {read['rows']} row(s), {read['ids']} distinct item_id(s), none of them "
+                    f"in the vocabulary of model {ctx.model_version}: nothing to score"
                 )
             rows = candidate_rows(ids.repartition(max(1, min(ctx.spark.sparkContext.defaultParallelism,
                                                             catalogue // 4096 + 1))),
@@ -206,6 +243,16 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
             ids.unpersist()
         assert isinstance(commit, CommitResult)
         return _finish(record, commit)
+
+
+def catalogue_size(ctx: RunContext) -> int:
+    """Items of ``items`` the model can score: what precompute_candidates will write (one Spark pass)."""
+    from pipelines.candidates import catalogue_in_vocabulary
+    from pipelines.errors import TableNotFoundError
+
+    if ctx.store.version(ITEMS) is None:
+        raise TableNotFoundError("items", ctx.store.uri("items"))
+    return int(catalogue_in_vocabulary(ctx.store.read_table("items"), ctx.vocabulary()).count())
 
 
 # --- infer_user_links -------------------------------------------------------------------------------
@@ -276,6 +323,11 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             return done
         _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
         histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
+        if (ctx.store.partition_rows(USER_LINKS, {"ds": ctx.ds}) == 0
+                and histories.where(F.col("n") > 0).limit(1).count() > 0):
+            # users with a history but no links: scoring would silently give them nothing
+            raise PartitionNotFoundError("user_links", {"ds": ctx.ds},
+                                         hint=f"; run infer-user-links for ds={ctx.ds} first")
         links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
         versions = sorted(r.model_version for r in links.select("model_version").distinct().collect())
         if versions and versions != [ctx.model_version]:
@@ -318,9 +370,13 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                                  model_version=ctx.model_version).persist(StorageLevel.DISK_ONLY)
         try:
             ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
-            report = _timed(record, "score_and_gate", lambda: check_recommendations(
-                recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
-                exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates))
+            try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
+                report = _timed(record, "score_and_gate", lambda: check_recommendations(
+                    recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
+                    exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates))
+            except Exception as exc:
+                reraise_task_error(exc)
+                raise
             record.metrics["quality"] = report.summary()  # type: ignore[union-attr]
             report.raise_if_failed()  # type: ignore[union-attr]
             commit = _timed(record, "write", lambda: ctx.store.write(

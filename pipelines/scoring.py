@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.candidates import CandidateMatrix, candidate_matrix
-from pipelines.errors import ConfigError, TopKTooLargeError
+from pipelines.errors import ConfigError, NonFiniteValueError, TopKTooLargeError
 from pipelines.model_runtime import DEVICE_POLICIES, load_model, task_device
 
 if TYPE_CHECKING:
@@ -210,6 +210,17 @@ class ShardCandidates:
         return _shard_cache[key]
 
 
+def _check_finite_links(flat: np.ndarray, user_ids: pa.Array, width: int) -> None:
+    """NaN/inf in ``user_links.l_p`` (a foreign writer, a broken model) is an error naming the user."""
+    finite = np.isfinite(flat)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(-1, width).all(axis=1))
+        raise NonFiniteValueError(
+            f"table 'user_links': column 'l_p' holds NaN/inf for user_id {user_ids[int(bad[0])].as_py()} "
+            f"({len(bad)} user(s) of this batch affected)"
+        )
+
+
 def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
@@ -223,6 +234,7 @@ def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int):
                   for off in range(0, whole.num_rows, cfg.user_block))
         for batch in blocks:
             flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
+            _check_finite_links(flat, batch.column("user_id"), mc.n_links * mc.d_model)
             l_p = torch.from_numpy(flat.astype(np.float32)).view(
                 batch.num_rows, mc.n_links, mc.d_model).to(device)  # (B, ell, d)
             seen = batch.column("seen") if cfg.exclude_seen else None
@@ -272,10 +284,10 @@ def plan_mode(cfg: ScoringConfig, matrix_bytes: int) -> tuple[str, int]:
     return "sharded", cfg.shards or math.ceil(matrix_bytes / cfg.broadcast_max_bytes)
 
 
-def check_top_k(top_k: int, catalogue_size: int) -> None:
+def check_top_k(top_k: int, catalogue_size: int, where: str = "in candidate_link_weights") -> None:
     if top_k > catalogue_size:
         raise TopKTooLargeError(
-            f"top_k={top_k} exceeds the {catalogue_size} candidate(s) in candidate_link_weights; "
+            f"top_k={top_k} exceeds the {catalogue_size} candidate(s) {where}; "
             "lower --top-k or grow the catalogue"
         )
 

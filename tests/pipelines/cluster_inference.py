@@ -1,5 +1,6 @@
-"""Run infer_user_links on ``local-cluster[2,1,1024]`` with fake GPUs (a separate process:
-one SparkContext per process).  Writes the task records as JSON to ``--out``."""
+"""Run infer_user_links on ``local-cluster[2,1,1024]``, with fake GPUs when ``--gpu-script`` is given
+(a separate process: one SparkContext per process).  Writes the task records as JSON to ``--out``.
+``$LIME_RANK_FAULT`` (pipelines/faults.py) is passed on to the executors."""
 
 from __future__ import annotations
 
@@ -10,21 +11,27 @@ import sys
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    for name in ("--lakehouse", "--ds", "--checkpoint", "--run-id", "--out", "--gpu-script"):
+    for name in ("--lakehouse", "--ds", "--checkpoint", "--run-id", "--out"):
         parser.add_argument(name, required=True)
+    parser.add_argument("--gpu-script", default=None, help="fake GPU discovery script (default: no GPUs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args(argv)
 
+    import os
+
     from pipelines import nightly
     from pipelines.audit import read_audit
+    from pipelines.faults import FAULT_ENV
     from pipelines.inference import InferenceConfig
     from pipelines.lakehouse import DeltaRsStore
     from pipelines.spark import GpuSettings, SparkSettings, build_spark_session
 
+    fault = {f"spark.executorEnv.{FAULT_ENV}": os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
     spark = build_spark_session(SparkSettings(
-        master="local-cluster[2,1,1024]", app_name="lime-rank-gpu-test", shuffle_partitions=4,
-        gpu=GpuSettings(args.gpu_script, amount_per_executor=1, amount_per_task=1.0),
+        master="local-cluster[2,1,1024]", app_name="lime-rank-cluster-test", shuffle_partitions=4,
+        gpu=GpuSettings(args.gpu_script, amount_per_executor=1, amount_per_task=1.0) if args.gpu_script else None,
+        conf=fault,
     ))
     try:
         store = DeltaRsStore(spark, args.lakehouse)

@@ -44,7 +44,7 @@ def test_rules(spark) -> None:
     assert out[1].ts[0].isoformat().startswith("2024-03-04T05:00")
     assert out[1].n == 3 and out[1].ds == DS
     assert (out[3].item_ids, out[3].n) == ([], 0)
-    assert drops == {"events_read": 13, "null_ids": 2, "negative_ids": 1, "events_after_ds": 1}
+    assert drops == {"events_read": 13, "null_ids": 2, "negative_ids": 1, "events_after_ds": 1, "events_on_ds": 1}
     assert kept == {"distinct_events": 8, "known_events": 5, "truncated_events": 2, "users": 2,
                     "users_without_known_items": 1}
 

@@ -7,12 +7,12 @@ settings are removed so that the DAGs are parsed with their built-in defaults.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 BIN = Path(sys.executable).parent
 _HOME = Path(tempfile.mkdtemp(prefix="lime-rank-airflow-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # also after --collect-only
 
 AIRFLOW_ENV = {
     "AIRFLOW_HOME": str(_HOME),
@@ -36,12 +37,6 @@ DAG_SETTINGS = ("LIME_RANK_LAKEHOUSE", "LIME_RANK_CHECKPOINT", "LIME_RANK_SPARK_
                 "LIME_RANK_DAG_RETRIES", "LIME_RANK_DAG_RETRY_DELAY_S", "LIME_RANK_PYTHON")
 for name in DAG_SETTINGS:
     os.environ.pop(name, None)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _remove_airflow_home() -> Iterator[None]:
-    yield
-    shutil.rmtree(_HOME, ignore_errors=True)
 
 
 def load_dagbag(**env: str) -> object:

@@ -164,6 +164,12 @@ def build_spark_session(settings: SparkSettings | None = None) -> SparkSession:
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    effective = spark.sparkContext.master
+    if "spark.sql.shuffle.partitions" not in conf and (is_local_master(effective) or _LOCAL_CLUSTER_RE.match(effective)):
+        # e.g. spark-submit --master local[2]: Spark's 200 shuffle partitions would write ~200 tiny files
+        explicit = spark.sparkContext.getConf().get("spark.sql.shuffle.partitions")
+        if explicit is None:
+            spark.conf.set("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 2))))
     spark.sparkContext.setLogLevel(os.environ.get("LIME_RANK_SPARK_LOG_LEVEL", "WARN"))
     log.info("Spark %s session, master=%s", spark.version, spark.sparkContext.master)
     return spark

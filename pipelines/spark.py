@@ -165,7 +165,8 @@ def build_spark_session(settings: SparkSettings | None = None) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     effective = spark.sparkContext.master
-    if "spark.sql.shuffle.partitions" not in conf and (is_local_master(effective) or _LOCAL_CLUSTER_RE.match(effective)):
+    single_host = is_local_master(effective) or bool(_LOCAL_CLUSTER_RE.match(effective))
+    if "spark.sql.shuffle.partitions" not in conf and single_host:
         # e.g. spark-submit --master local[2]: Spark's 200 shuffle partitions would write ~200 tiny files
         explicit = spark.sparkContext.getConf().get("spark.sql.shuffle.partitions")
         if explicit is None:

@@ -361,8 +361,11 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
             listed = user_candidates.join(links.select("user_id"), "user_id", "left_semi").count()
             record.count("users_with_own_candidates", listed)
-        model_rows = s.model_topk(users, cfg, mode=mode, candidate_ids=candidate_ids, broadcast=broadcast,
-                                  files=files, shards=shards)
+        # scoring tasks of even size on every core (the join's shuffle partitions, coalesced by
+        # AQE, can leave cores idle); the extra shuffle moves each user's L_P once
+        tasks = max(1, 2 * ctx.spark.sparkContext.defaultParallelism)
+        model_rows = s.model_topk(users.repartition(tasks), cfg, mode=mode, candidate_ids=candidate_ids,
+                                  broadcast=broadcast, files=files, shards=shards)
         popular = s.popular_items(histories, candidate_ids, cfg.top_k)
         record.metrics["popular_items"] = [p[1] for p in popular]
         # scored once, read twice (gate, write); on local disk so memory does not grow with users
@@ -371,7 +374,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         try:
             ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
             try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
-                report = _timed(record, "score_and_gate", lambda: check_recommendations(
+                _timed(record, "score", recs.count)
+                report = _timed(record, "gate", lambda: check_recommendations(
                     recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
                     exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates))
             except Exception as exc:

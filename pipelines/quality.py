@@ -94,7 +94,9 @@ def check_recommendations(
         F.max("source").alias("source_max"),
     )
     users = histories.select("user_id", "n", "item_ids")
-    if exclude_seen:
+    # seen items can only shorten a list when the catalogue minus the longest history is below K
+    longest = int(histories.agg(F.max("n")).head()[0] or 0)
+    if exclude_seen and catalogue - longest < top_k:
         seen = (
             users.select("user_id", F.explode(F.array_distinct("item_ids")).alias("item_id"))
             .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")

@@ -14,7 +14,10 @@ Two sweeps on the CPU this runs on, d=64, H=2, ell=32, 2 blocks, fp32, eval mode
    ``V(L_P)``, one GEMM against the folded ``(C, ell*d)`` table; the tables
    are built offline and not timed) against target attention (each candidate
    attends to the user's history: ``C x N`` attention per user, then a dot
-   product).  Both include their user-side work; top-K is not included.
+   product).  Both include their user-side work; top-K is not included.  The
+   summary ratio is at N=4096; N=1024 is swept too, because the ratio depends on
+   N: LIME costs ``O(ell*d)`` per candidate (the GEMM), so its curve is flat only
+   while the per-user history encoding dominates.
 
 Timings are noisy on a shared 2-core machine, so the variants of one point are
 timed in alternation (round-robin), several rounds, and each reports the
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -158,23 +162,31 @@ def bench_scoring(counts: list[int], history_length: int, lime_users: int, targe
     return rows
 
 
-def summarize(encoder: list[dict[str, float]], scoring: list[dict[str, float]]) -> dict[str, float]:
+def _ratio(rows: list[dict[str, float]], key: str, history_length: int) -> float:
+    by_c = {r["candidates"]: r for r in rows if r["history_length"] == history_length}
+    if not {1024, 32768} <= set(by_c):
+        return float("nan")
+    return by_c[32768][key] / by_c[1024][key]
+
+
+def summarize(encoder: list[dict[str, float]], scoring: list[dict[str, float]],
+              scoring_history: int) -> dict[str, float]:
     by_n = {r["history_length"]: r for r in encoder}
     growth = [by_n[2 * n]["xor_ms_per_user"] / by_n[n]["xor_ms_per_user"]
               for n in by_n if n >= 1024 and 2 * n in by_n]
-    by_c = {r["candidates"]: r for r in scoring}
+    nan = float("nan")
     summary = {
-        "xor_vs_full_speedup_at_4096": by_n[4096]["speedup"] if 4096 in by_n else float("nan"),
-        "xor_vs_full_speedup_at_8192": by_n[8192]["speedup"] if 8192 in by_n else float("nan"),
-        "xor_max_growth_per_doubling": max(growth) if growth else float("nan"),
+        "xor_vs_full_speedup_at_4096": by_n[4096]["speedup"] if 4096 in by_n else nan,
+        "xor_vs_full_speedup_at_8192": by_n[8192]["speedup"] if 8192 in by_n else nan,
+        "xor_max_growth_per_doubling": max(growth) if growth else nan,
+        "lime_time_ratio_32k_over_1k": _ratio(scoring, "lime_ms_per_user", scoring_history),
+        "target_time_ratio_32k_over_1k": _ratio(scoring, "target_ms_per_user", scoring_history),
         "xor_vs_full_last_query_speedup_at_4096": (by_n[4096]["speedup_vs_full_last_query"]
-                                                   if 4096 in by_n else float("nan")),
-        "lime_time_ratio_32k_over_1k": (by_c[32768]["lime_ms_per_user"] / by_c[1024]["lime_ms_per_user"]
-                                        if {1024, 32768} <= set(by_c) else float("nan")),
-        "target_time_ratio_32k_over_1k": (by_c[32768]["target_ms_per_user"] / by_c[1024]["target_ms_per_user"]
-                                          if {1024, 32768} <= set(by_c) else float("nan")),
+                                                   if 4096 in by_n else nan),
     }
-    return {k: round(v, 3) for k, v in summary.items()}
+    for n in sorted({r["history_length"] for r in scoring} - {scoring_history}):
+        summary[f"lime_time_ratio_32k_over_1k_at_history_{n}"] = _ratio(scoring, "lime_ms_per_user", n)
+    return {k: round(v, 3) if math.isfinite(v) else None for k, v in summary.items()}  # JSON has no NaN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens-per-batch", type=int, default=16_384)
     parser.add_argument("--scoring-history", type=int, default=4096,
-                        help="history length N of the scoring sweep")
+                        help="history length N of the scoring sweep (the summary's ratio)")
+    parser.add_argument("--extra-scoring-history", type=int, nargs="*", default=[1024],
+                        help="further history lengths swept for transparency")
     parser.add_argument("--lime-users", type=int, default=32, help="users per LIME scoring call")
     parser.add_argument("--target-users", type=int, default=2, help="users per target-attention call")
     parser.add_argument("--quick", action="store_true", help="tiny sweep (smoke test), not for results")
@@ -201,14 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with torch.inference_mode():
         encoder = bench_encoders(lengths, args.tokens_per_batch, rounds)
-        scoring = bench_scoring(counts, args.scoring_history if not args.quick else 256, args.lime_users,
-                                args.target_users, rounds)
+        scoring_history = args.scoring_history if not args.quick else 256
+        scoring = []
+        for n in [scoring_history, *([] if args.quick else args.extra_scoring_history)]:
+            scoring += bench_scoring(counts, n, args.lime_users, args.target_users, rounds)
     result = {
-        "summary": summarize(encoder, scoring),
+        "summary": summarize(encoder, scoring, scoring_history),
         "settings": {"d_model": 64, "n_heads": 2, "n_links": 32, "n_layers": 2, "dtype": "float32",
                      "rounds": rounds, "statistic": "min over rounds (median also reported)",
-                     "tokens_per_batch": args.tokens_per_batch, "scoring_history_length":
-                         args.scoring_history if not args.quick else 256,
+                     "tokens_per_batch": args.tokens_per_batch, "scoring_history_length": scoring_history,
+                     "extra_scoring_history_lengths": [] if args.quick else args.extra_scoring_history,
                      "lime_users_per_call": args.lime_users, "target_users_per_call": args.target_users,
                      "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine(), "quick": args.quick,

@@ -15,8 +15,9 @@ from jobs.cli import main as cli
 
 
 @pytest.fixture(autouse=True)
-def _restore_torch_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()  # --threads changes the process-wide setting
+def _one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()  # tiny models; --threads changes the process-wide setting
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 

@@ -30,8 +30,8 @@ def test_training_learns_next_item_pattern_far_above_popularity(kind: str) -> No
     split = leave_one_out(build_sequences(frame, vocab))
     small = {"d_model": 32, "n_links": 8, "n_layers": 2, "max_history": 16, "dropout": 0.0}
     model_cfg, _ = default_configs(kind, vocab.num_indices, **small)
-    train_cfg = TrainConfig(epochs=12, batch_size=128, lr=5e-3, warmup_steps=5, prefixes_per_user=10,
-                            num_negatives=32, patience=12, seed=0, log_every=1000)
+    train_cfg = TrainConfig(epochs=8, batch_size=128, lr=5e-3, warmup_steps=5, prefixes_per_user=10,
+                            num_negatives=32, patience=8, seed=0, log_every=1000)
     result = train_model(split, model_cfg, train_cfg)
     pop_cfg, pop_train = default_configs("popularity", vocab.num_indices)
     popularity = train_model(split, pop_cfg, pop_train)

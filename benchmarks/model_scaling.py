@@ -19,6 +19,15 @@ Two sweeps on the CPU this runs on, d=64, H=2, ell=32, 2 blocks, fp32, eval mode
    N: LIME costs ``O(ell*d)`` per candidate (the GEMM), so its curve is flat only
    while the per-user history encoding dominates.
 
+Memory: PyTorch's CPU allocator hands every large tensor back to glibc, which by
+default returns big blocks to the OS and page-faults them in again on the next
+call; for the short, allocation-heavy calls timed here that was ~40% of the
+LIME-XOR time (and ~10% of the skyline's).  Like the usual advice for PyTorch
+CPU inference (jemalloc/tcmalloc), the benchmark asks glibc to keep freed memory
+(``mallopt``: mmap threshold 32 MiB, no trimming) -- for every variant alike.
+The same can be had in any process with ``MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment.
+
 Timings are noisy on a shared 2-core machine, so the variants of one point are
 timed in alternation (round-robin), several rounds, and each reports the
 fastest round (timeit's advice: the minimum is the least disturbed run) as
@@ -28,6 +37,7 @@ well as the median; the summary uses the minima.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import platform
@@ -44,6 +54,18 @@ from torch import Tensor, nn
 from lime_model.config import ModelConfig
 from lime_model.model import FullAttentionModel, HistoryEmbedding, HSTUBlock, LimeModel
 from lime_model.scoring import fold_candidates, score_folded
+
+
+def keep_freed_memory() -> bool:
+    """glibc only: stop returning freed blocks to the OS (see the module docstring)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(
+        libc.mallopt(m_trim_threshold, 1 << 30))
+
 
 RESULT = Path(__file__).parent / "results" / "model_scaling.json"
 HISTORY_LENGTHS = [128 * 2**i for i in range(7)]  # 128 .. 8192
@@ -207,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    malloc_tuned = keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths, counts, rounds = HISTORY_LENGTHS, CANDIDATE_COUNTS, args.rounds
@@ -228,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                      "lime_users_per_call": args.lime_users, "target_users_per_call": args.target_users,
                      "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                      "cpu": platform.processor() or platform.machine(), "quick": args.quick,
+                     "glibc_keeps_freed_memory": malloc_tuned,
                      "seconds": round(time.perf_counter() - started, 1)},
         "encoder": encoder,
         "scoring": scoring,

@@ -159,45 +159,6 @@ def xor_block(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | Non
     return block.output(x_l, u_l, block.merge(a_l)), block.output(x_e, u_e, block.merge(a_e))
 
 
-def first_xor_block(block: HSTUBlock, links: Tensor, x_e: Tensor, key_mask: Tensor | None
-                    ) -> tuple[Tensor, Tensor]:
-    """:func:`xor_block` for the first block, where the links are still the static parameter ``L``.
-
-    links ``(1, ell, d)``, x_e ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` | None -> as ``xor_block``.
-    The history <- links attention then has the same keys and values for every user, so its
-    logits fold into the history projection: ``q_i . k_k = LN(x_i) (W_q^h k^h_k) + b_q^h . k^h_k``
-    (one ``d x H*ell`` GEMM instead of the Q projection plus an ``n x ell`` attention), and the
-    per-head mixing of the ``ell`` values is one GEMM against a block-diagonal ``(H*ell, d)``
-    matrix.  Same result as ``xor_block`` (tested against the dense reference).
-    """
-    n_heads, d = block.n_heads, block.d
-    d_h = d // n_heads
-    u_l, q_l, k_l, v_l = block.project(links)  # (1, ell, d) x 4
-    n_links = k_l.shape[1]
-    k_h = k_l[0].view(n_links, n_heads, d_h).transpose(0, 1)  # (H, ell, d_h)
-    w_q = block.uqkv.weight[d:2 * d].view(n_heads, d_h, d)  # (H, d_h, d)
-    b_q = block.uqkv.bias[d:2 * d].view(n_heads, 1, d_h)  # (H, 1, d_h)
-    scale = d_h ** -0.5
-    logit_w = (k_h @ w_q).reshape(n_heads * n_links, d) * scale  # (H*ell, d)
-    logit_b = (b_q @ k_h.transpose(1, 2)).reshape(n_heads * n_links) * scale  # (H*ell,)
-    v_h = v_l[0].view(n_links, n_heads, d_h).transpose(0, 1)  # (H, ell, d_h)
-    v_block = torch.block_diag(*v_h.unbind(0))  # (H*ell, d)
-
-    xn = block.norm(x_e)  # (B, n, d)
-    w, b = block.uqkv.weight, block.uqkv.bias
-    u_e = F.linear(xn, w[:d], b[:d])  # (B, n, d)
-    k_e = F.linear(xn, w[2 * d:3 * d], b[2 * d:3 * d])  # (B, n, d)
-    v_e = F.linear(xn, w[3 * d:], b[3 * d:])  # (B, n, d)
-    batch, n, _ = x_e.shape
-    logits = F.linear(xn, logit_w, logit_b)  # (B, n, H*ell)
-    probs = logits.view(batch, n, n_heads, n_links).softmax(-1).view(batch, n, n_heads * n_links)
-    a_e = probs @ v_block  # (B, n, d): history <- links
-    a_l = F.scaled_dot_product_attention(
-        block.heads(q_l).expand(batch, -1, -1, -1), block.heads(k_e), block.heads(v_e),
-        attn_mask=key_mask)  # (B, H, ell, d_h): links <- history
-    return block.output(links, u_l, block.merge(a_l)), block.output(x_e, u_e, a_e)
-
-
 @dataclass(frozen=True)
 class CandidateTables:
     """Per-candidate quantities stored in ``candidate_link_weights`` (user-independent).
@@ -251,9 +212,7 @@ class LimeModel(nn.Module):
         x_l = self.links[None]  # (1, ell, d): identical for every user until the first block
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            if self.cfg.model == "lime-xor" and i == 0 < last:
-                x_l, x_e = first_xor_block(block, x_l, x_e, key_mask)  # (B, ell, d), (B, n, d)
-            elif self.cfg.model == "lime-xor" and i < last:
+            if self.cfg.model == "lime-xor" and i < last:
                 x_l, x_e = xor_block(block, x_l, x_e, key_mask)  # (B, ell, d), (B, n, d)
             else:
                 # LIME-MHA blocks, and the last XOR block, whose history update feeds nothing.

@@ -52,7 +52,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     prefixes_per_user: int = 32
     num_negatives: int = 512
-    patience: int = 6
+    patience: int = 10
     seed: int = 0
     cpu_budget_s: float = 14 * 60.0
     log_every: int = 50
@@ -70,11 +70,14 @@ class TrainConfig:
             raise ValueError(f"need lr > 0, weight_decay >= 0, cpu_budget_s > 0: {self}")
 
 
-# Per-model settings chosen on the ML-100K validation split (docs/model.md), never on test.
+# Per-model settings chosen on the ML-100K validation split (best validation NDCG@10 over a
+# small grid: dropout {0.1, 0.2} x time gaps {off, on} x lr {2e-3, 4e-3}; docs/model.md), never
+# on test.  lime-mha reuses the lime-xor settings (not tuned on its own).
+_LIME = {"model": {"dropout": 0.1, "use_time_gaps": False}, "train": {"epochs": 30, "lr": 2e-3}}
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "lime-xor": {"model": {}, "train": {}},
-    "lime-mha": {"model": {}, "train": {}},
-    "full-attention": {"model": {}, "train": {}},
+    "lime-xor": _LIME,
+    "lime-mha": _LIME,
+    "full-attention": {"model": {"dropout": 0.1, "use_time_gaps": True}, "train": {"epochs": 20, "lr": 4e-3}},
     "popularity": {"model": {}, "train": {}},
 }
 

@@ -103,6 +103,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, vocab: ItemV
     if popularity.shape != (len(vocab),) or popularity.dtype != np.int64 or (popularity < 0).any():
         raise ValueError(f"popularity must be ({len(vocab)},) non-negative int64, got "
                          f"{popularity.dtype} {popularity.shape}")
+    if cfg.model == "popularity" and not np.array_equal(
+            model.counts[1:].to(torch.int64).numpy(), popularity):  # type: ignore[operator]
+        raise ValueError("a popularity model's counts must equal the popularity array being saved")
     meta = json.loads(json.dumps(dict(metadata or {})))  # plain types only, fails early otherwise
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     bad = _non_finite(state)

@@ -28,6 +28,7 @@ from lime_model.vocab import ItemVocabulary
 log = logging.getLogger(__name__)
 
 MIN_EVAL_INTERACTIONS = 3
+BUCKET_BATCHES = 32  # batches per length-sorted group in prefix_batches
 
 
 def right_align(seqs: Sequence[np.ndarray], fill: float | int) -> np.ndarray:
@@ -123,7 +124,7 @@ class Batch:
 
 
 def prefix_batches(split: LeaveOneOutSplit, prefixes_per_user: int, batch_size: int, max_history: int,
-                   rng: np.random.Generator, bucket_batches: int = 32) -> Iterator[Batch]:
+                   rng: np.random.Generator, bucket_batches: int = BUCKET_BATCHES) -> Iterator[Batch]:
     """One epoch of prefix examples: each user contributes ``min(prefixes_per_user, n_train - 1)``
     distinct target positions; examples are shuffled, grouped ``bucket_batches`` batches at a time
     and sorted by length inside a group (less padding), and the batches are yielded shuffled."""

@@ -329,10 +329,17 @@ class PopularityModel(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """Small normal init for embeddings and projections, unit links, zero biases."""
+    """Unit-gain embeddings, links and candidate query/key maps; small normal block projections;
+    zero biases; the padding row of the item table stays zero."""
     for name, p in model.named_parameters():
         if name.endswith("links"):
             nn.init.normal_(p, std=1.0)
+        elif name.startswith("embed."):
+            # Unit-scale tokens: item vectors also score candidates, tiny ones learn slowly.
+            nn.init.normal_(p, std=p.shape[1] ** -0.5)
+        elif name.startswith(("cand_query", "link_key")):
+            # O(1) link logits from the start, so candidates route to different links early.
+            nn.init.normal_(p, std=p.shape[1] ** -0.5)
         elif name.endswith("bias") or name.endswith("item_bias"):
             nn.init.zeros_(p)
         elif "norm" in name:

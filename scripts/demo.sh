@@ -31,8 +31,6 @@ export AIRFLOW__CORE__PARALLELISM=2
 export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[2]"}'
 export LIME_RANK_DAG_RETRIES=0          # a demo fails fast instead of retrying for minutes
 export LIME_RANK_SPARK_LOG_LEVEL=ERROR
-# under spark-submit the jobs keep Spark's 200 shuffle partitions: far too many for 100k events
-export LIME_RANK_SPARK_CONF='{"spark.sql.shuffle.partitions": "4"}'
 
 T0=$SECONDS
 step() { printf '[%02d:%02d] %s\n' $(((SECONDS - T0) / 60)) $(((SECONDS - T0) % 60)) "$*"; }

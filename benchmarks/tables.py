@@ -1,0 +1,85 @@
+"""Markdown tables for the README from the benchmark JSON files.
+
+    python benchmarks/tables.py            # prints the tables (pipeline.json, model_scaling.json)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def pipeline_tables(data: dict) -> str:
+    s = data.get("summary", {})
+    targets = {"vs_raw_torch": ">= 0.8", "vs_naive_spark": ">= 20", "vs_mllib_als": ">= 1",
+               "mllib_topk_identical": "true", "memory_ratio_10x_users": "<= 1.3"}
+    lines = ["| key | measured | target |", "|---|---|---|"]
+    for key, target in targets.items():
+        if key in s:
+            lines.append(f"| `{key}` | {json.dumps(s[key])} | {target} |")
+    out = "\n".join(lines)
+    details = []
+    if "limit" in data:
+        lim = data["limit"]
+        sec = lim["pipeline_seconds"]
+        details.append(
+            f"- limit: {lim['users']} users x {lim['items']} items, K={lim['top_k']}: pipeline "
+            f"{lim['pipeline_users_per_s']:.0f} users/s (infer {sec['infer_user_links']:.1f} s "
+            f"+ score {sec['score_topk']:.1f} s), raw torch {lim['raw_torch_users_per_s']:.0f} users/s")
+    if "naive" in data:
+        nv = data["naive"]
+        details.append(f"- naive: {nv['users']} users x {nv['items']} items ({nv['pair_rows']} pair rows): naive "
+                       f"{nv['naive_seconds']:.1f} s, ours {nv['ours_seconds']:.1f} s, same lists: "
+                       f"{nv['naive_topk_identical']}")
+    if "mllib" in data:
+        ml = data["mllib"]
+        details.append(f"- MLlib: {ml['users']} users x {ml['items']} items, rank {ml['rank']}: "
+                       f"recommendForAllUsers {ml['mllib_seconds']:.1f} s, ours {ml['ours_seconds']:.1f} s")
+    if "memory" in data:
+        mem = data["memory"]
+        details.append(f"- memory: {mem['n']['users']} users -> {mem['n']['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                       f"{mem['10n']['users']} users -> {mem['10n']['peak_rss_bytes'] / 2**20:.0f} MiB peak")
+    if details:
+        out += "\n\n" + "\n".join(details)
+    if "scale" in data:
+        stages = ["generate", "extract_histories", "precompute_candidates", "infer_user_links", "score_topk"]
+        rows = ["| users | items | events | " + " | ".join(f"{st} (s)" for st in stages) + " | total (s) |",
+                "|---" * (len(stages) + 4) + "|"]
+        for r in data["scale"]:
+            cells = " | ".join(f"{r['seconds'].get(st, float('nan')):.1f}" for st in stages)
+            rows.append(f"| {r['users']:,} | {r['items']:,} | {r['events']:,} | {cells} | {r['seconds_total']:.1f} |")
+        out += "\n\nTime per stage (Spark `local[2]`):\n\n" + "\n".join(rows)
+    return out
+
+
+def model_tables(data: dict) -> str:
+    s = data["summary"]
+    targets = {"xor_vs_full_speedup_at_4096": ">= 10", "xor_vs_full_speedup_at_8192": "-",
+               "xor_max_growth_per_doubling": "<= 2.2", "lime_time_ratio_32k_over_1k": "<= 1.5"}
+    lines = ["| key | measured | target |", "|---|---|---|"]
+    lines += [f"| `{k}` | {s[k]} | {t} |" for k, t in targets.items() if k in s]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    pipeline = _load("pipeline.json")
+    model = _load("model_scaling.json")
+    if pipeline:
+        print("### Pipeline (`python benchmarks/pipeline_throughput.py`)\n")
+        print(pipeline_tables(pipeline) + "\n")
+    if model:
+        print("### Model (`python benchmarks/model_scaling.py`)\n")
+        print(model_tables(model) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -377,7 +377,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                 _timed(record, "score", recs.count)
                 report = _timed(record, "gate", lambda: check_recommendations(
                     recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
-                    exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates))
+                    exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates,
+                    catalogue_size=len(candidate_ids), link_versions=versions))
             except Exception as exc:
                 reraise_task_error(exc)
                 raise

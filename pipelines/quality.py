@@ -69,6 +69,8 @@ def check_recommendations(
     exclude_seen: bool,
     user_links: DataFrame | None = None,
     user_candidates: DataFrame | None = None,
+    catalogue_size: int | None = None,
+    link_versions: list[str] | None = None,
 ) -> QualityReport:
     """Gate ``recs`` (recommendations rows of ``ds``) against the run's inputs.
 
@@ -76,11 +78,14 @@ def check_recommendations(
     the candidate table; ``user_links``: user_links(ds), to check its model_version too;
     ``user_candidates``: (user_id, item_ids) per-user candidate lists when scoring used them
     (those users' eligible items are their list's catalogue items, minus seen ones).
-    A user with no eligible candidate at all may have no row.
+    A user with no eligible candidate at all may have no row.  ``catalogue_size`` and
+    ``link_versions`` (distinct model versions of user_links) spare a scan when the caller
+    already knows them.
     """
     from pyspark.sql import functions as F
 
-    catalogue = candidate_ids.select("item_id").distinct().count()
+    catalogue = (catalogue_size if catalogue_size is not None
+                 else candidate_ids.select("item_id").distinct().count())
     per_user = recs.groupBy("user_id").agg(
         F.count(F.lit(1)).alias("rows"),
         F.min("rank").alias("min_rank"),
@@ -93,10 +98,11 @@ def check_recommendations(
         F.min("source").alias("source_min"),
         F.max("source").alias("source_max"),
     )
-    users = histories.select("user_id", "n", "item_ids")
     # seen items can only shorten a list when the catalogue minus the longest history is below K
     longest = int(histories.agg(F.max("n")).head()[0] or 0)
-    if exclude_seen and catalogue - longest < top_k:
+    seen_matters = exclude_seen and catalogue - longest < top_k
+    users = histories.select("user_id", "n", *(["item_ids"] if seen_matters else []))
+    if seen_matters:
         seen = (
             users.select("user_id", F.explode(F.array_distinct("item_ids")).alias("item_id"))
             .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
@@ -147,9 +153,9 @@ def check_recommendations(
     ).head()
     stats = {k: int(stats_row[k] or 0) for k in stats_row.asDict()}
     stats["catalogue"] = catalogue
-    link_versions: list[str] = []
-    if user_links is not None:
-        link_versions = sorted(r.model_version for r in user_links.select("model_version").distinct().collect())
+    if link_versions is None:
+        link_versions = [] if user_links is None else sorted(
+            r.model_version for r in user_links.select("model_version").distinct().collect())
 
     checks = [
         Check("rows_per_user", stats["users_with_wrong_row_count"] == 0,

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from benchmarks.common import log, machine, run_with_peak_memory, timed, write_results
+from benchmarks.common import RESULTS, log, machine, run_with_peak_memory, timed, write_results
 
 DS = "2024-01-30"
 K = 10
@@ -382,6 +382,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sections of the existing results file that are not re-measured")
     parser.add_argument("--memory-probe", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe is not None:
@@ -393,10 +395,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     name = "pipeline.json" if args.profile == "full" else f"pipeline-{args.profile}.json"
-    results: dict[str, Any] = {"profile": args.profile, "machine": machine(), "spark_master": "local[2]",
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict[str, Any] = {}
+    if args.merge and (RESULTS / name).exists():  # re-measure some sections, keep the others
+        results = json.loads((RESULTS / name).read_text())
+    results.update({"profile": args.profile, "machine": machine(), "spark_master": "local[2]",
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     spark = session()
-    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lime-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for section in wanted:
@@ -407,7 +411,7 @@ def main(argv: list[str]) -> int:
             results["summary"] = summary(results)
             write_results(name, results)
     spark.stop()
-    results["total_seconds"] = time.perf_counter() - t_start
+    results["total_seconds"] = sum(results["section_seconds"].values())
     results["summary"] = summary(results)
     path = write_results(name, results)
     log(f"wrote {path}: {json.dumps(results['summary'])}")

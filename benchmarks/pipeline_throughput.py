@@ -6,7 +6,8 @@ Writes ``benchmarks/results/pipeline.json`` (``pipeline-quick.json`` for the qui
 Everything is measured side by side in one run on this machine, Spark ``local[2]``:
 
 1. limit   - users/s of infer + score through the Spark stages vs a plain single-process torch
-             loop doing the same inference and exact top-K on the same cores: ``vs_raw_torch``;
+             loop doing the same inference and exact top-K on the same cores: ``vs_raw_torch``
+             (warm: each side's second run; the cold first runs give ``vs_raw_torch_cold``);
 2. naive   - the job a data engineer writes first (cross join users x candidates, score rows in a
              pandas UDF, window top-K) vs our score stage on the same data: ``vs_naive_spark``;
 3. mllib   - ``ALSModel.recommendForAllUsers`` vs our block top-K engine on the same ALS factors:
@@ -165,22 +166,32 @@ def raw_torch_loop(world: World) -> tuple[float, int]:
 
 
 def bench_limit(spark, profile: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Each side twice, the second (warm) run counts; the cold first runs are kept in the JSON.
+
+    The raw loop reads the tables, builds the model and converts the histories outside its
+    timer; the pipeline's first run pays Python-worker start, torch import and model load in
+    every worker, which a long-lived executor pays once.
+    """
     p = profile["limit"]
     log(f"limit: building {p['users']} users x {p['items']} items")
     world = build_world(spark, tmp / "limit", p["users"], p["items"], MODEL_DEFAULT, profile["events_per_user"])
-    t_infer = run_infer(world, "limit")
-    t_score = run_score(world, "limit")
+    infer = [run_infer(world, f"limit-{i}") for i in range(2)]
+    score = [run_score(world, f"limit-{i}") for i in range(2)]
     users = warm_users(world)
-    t_raw, raw_users = raw_torch_loop(world)
-    assert raw_users == users, (raw_users, users)
+    raw = [raw_torch_loop(world) for _ in range(2)]
+    assert all(n == users for _, n in raw), (raw, users)
+    t_infer, t_score, t_raw = infer[1], score[1], raw[1][0]
     pipeline_rate = users / (t_infer + t_score)
     raw_rate = users / t_raw
     log(f"limit: pipeline {pipeline_rate:.0f} users/s (infer {t_infer:.1f}s + score {t_score:.1f}s), "
-        f"raw torch {raw_rate:.0f} users/s ({t_raw:.1f}s)")
+        f"raw torch {raw_rate:.0f} users/s ({t_raw:.1f}s); cold runs {infer[0]:.1f}s + {score[0]:.1f}s, "
+        f"raw {raw[0][0]:.1f}s")
     return {"users": users, "items": p["items"], "model": MODEL_DEFAULT, "top_k": K,
             "pipeline_seconds": {"infer_user_links": t_infer, "score_topk": t_score},
+            "cold_seconds": {"infer_user_links": infer[0], "score_topk": score[0], "raw_torch": raw[0][0]},
             "pipeline_users_per_s": pipeline_rate, "raw_torch_seconds": t_raw, "raw_torch_users_per_s": raw_rate,
-            "vs_raw_torch": pipeline_rate / raw_rate}
+            "vs_raw_torch": pipeline_rate / raw_rate,
+            "vs_raw_torch_cold": (users / (infer[0] + score[0])) / (users / raw[0][0])}
 
 
 # --- 2. the naive Spark job -------------------------------------------------------------------------------
@@ -422,6 +433,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "limit" in results:
         out["vs_raw_torch"] = round(results["limit"]["vs_raw_torch"], 3)
+        if "vs_raw_torch_cold" in results["limit"]:
+            out["vs_raw_torch_cold"] = round(results["limit"]["vs_raw_torch_cold"], 3)
     if "naive" in results:
         out["vs_naive_spark"] = round(results["naive"]["vs_naive_spark"], 2)
     if "mllib" in results:

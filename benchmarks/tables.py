@@ -1,6 +1,6 @@
 """Markdown tables for the README from the benchmark JSON files.
 
-    python benchmarks/tables.py            # prints the tables (pipeline.json, model_scaling.json)
+    python benchmarks/tables.py   # prints the tables (pipeline.json, model_scaling.json, ml100k.json)
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def pipeline_tables(data: dict) -> str:
         details.append(
             f"- limit: {lim['users']} users x {lim['items']} items, K={lim['top_k']}: pipeline "
             f"{lim['pipeline_users_per_s']:.0f} users/s (infer {sec['infer_user_links']:.1f} s "
-            f"+ score {sec['score_topk']:.1f} s), raw torch {lim['raw_torch_users_per_s']:.0f} users/s")
+            f"+ score {sec['score_topk']:.1f} s), raw torch {lim['raw_torch_users_per_s']:.0f} users/s"
+            + (f"; first (cold) runs: vs_raw_torch_cold {lim['vs_raw_torch_cold']:.3f}" if "vs_raw_torch_cold" in lim
+               else ""))
     if "naive" in data:
         nv = data["naive"]
         details.append(f"- naive: {nv['users']} users x {nv['items']} items ({nv['pair_rows']} pair rows): naive "
@@ -69,9 +71,25 @@ def model_tables(data: dict) -> str:
     return "\n".join(lines)
 
 
+def quality_tables(data: dict) -> str:
+    """Mean test metrics per model over the seeds (MovieLens-100K, full catalogue)."""
+    s = data["summary"]
+    lines = ["| model | seeds | HR@10 | NDCG@10 | HR@50 | NDCG@50 |", "|---|---|---|---|---|---|"]
+    for model, m in s["means"].items():
+        lines.append(f"| {model} | {m['seeds']} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} "
+                     f"| {m['ndcg@50']:.4f} |")
+    ratios = [f"`{k}` = {s[k]}" for k in ("xor_over_full_ndcg@10", "xor_over_popularity_ndcg@10") if k in s]
+    per_seed = ", ".join(f"{r['model']} s{r['seed']} {r['ndcg@10']:.4f}" for r in data["runs"])
+    return "\n".join(lines) + "\n\n" + "; ".join(ratios) + f" (NDCG@10 per run: {per_seed})"
+
+
 def main() -> int:
     pipeline = _load("pipeline.json")
     model = _load("model_scaling.json")
+    quality = _load("ml100k.json")
+    if quality:
+        print("### MovieLens-100K (`python benchmarks/ml100k_quality.py`)\n")
+        print(quality_tables(quality) + "\n")
     if pipeline:
         print("### Pipeline (`python benchmarks/pipeline_throughput.py`)\n")
         print(pipeline_tables(pipeline) + "\n")

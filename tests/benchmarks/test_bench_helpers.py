@@ -55,3 +55,21 @@ def test_tree_rss_counts_this_process() -> None:
     import os
 
     assert tree_rss_bytes(os.getpid()) > 10 * 2**20
+
+
+def test_ml100k_summary_means_over_seeds_and_ratios() -> None:
+    from benchmarks.ml100k_quality import summarise
+    from benchmarks.tables import quality_tables
+
+    def run(model: str, seed: int, ndcg: float) -> dict:
+        return {"model": model, "seed": seed, "hr@10": 2 * ndcg, "ndcg@10": ndcg, "hr@50": 0.5, "ndcg@50": 0.2}
+
+    runs = [run("lime-xor", 0, 0.08), run("lime-xor", 1, 0.10), run("full-attention", 0, 0.10),
+            run("popularity", 0, 0.03)]
+    summary = summarise(runs)
+    assert summary["means"]["lime-xor"] == {"hr@10": 0.18, "ndcg@10": 0.09, "hr@50": 0.5, "ndcg@50": 0.2, "seeds": 2}
+    assert summary["xor_over_full_ndcg@10"] == 0.9
+    assert summary["xor_over_popularity_ndcg@10"] == 3.0
+    table = quality_tables({"summary": summary, "runs": runs})
+    assert "| lime-xor | 2 | 0.1800 | 0.0900 | 0.5000 | 0.2000 |" in table
+    assert "`xor_over_full_ndcg@10` = 0.9" in table

@@ -133,20 +133,33 @@ def load_movielens_100k(cache_dir: Path | None = None) -> MovieLens:
 def read_interactions(source: str, cache_dir: Path | None = None) -> pd.DataFrame:
     """Read ``user_id, item_id, timestamp`` (int64, epoch seconds) from ``source``.
 
-    ``source`` is ``"ml-100k"`` or a path to a ``.tsv``/``.csv``/``.parquet`` file
-    with a header.  Rows are returned sorted by (user_id, timestamp) with a stable
-    tie-break on file order.
+    ``source`` is ``"ml-100k"``, a path to a ``.tsv``/``.csv``/``.parquet`` file
+    with a header, or the folder of a lakehouse ``events`` Delta table (columns
+    ``user_id, item_id, ts``; read with delta-rs, no Spark).  Rows are returned sorted
+    by (user_id, timestamp) with a stable tie-break on file order.
     """
     if source == MOVIELENS_SOURCE:
         frame = load_movielens_100k(cache_dir).interactions[list(INTERACTION_COLUMNS)]
     else:
         path = Path(source)
-        if not path.is_file():
+        is_delta = path.is_dir() and (path / "_delta_log").is_dir()
+        if not path.is_file() and not is_delta:
             raise InteractionsSchemaError(
-                f"interactions source {source!r} is neither '{MOVIELENS_SOURCE}' nor an existing file"
+                f"interactions source {source!r} is neither '{MOVIELENS_SOURCE}', an existing file nor an "
+                "events Delta table folder"
             )
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
+        suffix = "" if is_delta else path.suffix.lower()
+        if is_delta:
+            from deltalake import DeltaTable
+
+            table = DeltaTable(str(path))
+            names = [f.name for f in table.schema().fields]
+            if "ts" in names and "timestamp" not in names:
+                frame = table.to_pandas(columns=[c for c in ("user_id", "item_id", "ts") if c in names])
+                frame = frame.rename(columns={"ts": "timestamp"})
+            else:
+                frame = table.to_pandas()
+        elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif suffix in (".tsv", ".csv"):
             frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", header=0)
@@ -162,9 +175,9 @@ def read_interactions(source: str, cache_dir: Path | None = None) -> pd.DataFram
         frame = frame[list(INTERACTION_COLUMNS)]
         if pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):
             ts = frame["timestamp"]
-            if ts.dt.tz is None:
-                ts = ts.dt.tz_localize("UTC")
-            frame = frame.assign(timestamp=ts.astype("int64") // 1_000_000_000)
+            ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+            # whole seconds since the epoch, whatever the column's unit (ns, us, ms)
+            frame = frame.assign(timestamp=(ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))
         for col in INTERACTION_COLUMNS:
             if not pd.api.types.is_integer_dtype(frame[col]):
                 coerced = pd.to_numeric(frame[col], errors="coerce")

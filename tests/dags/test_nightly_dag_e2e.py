@@ -107,3 +107,58 @@ def test_dags_test_runs_the_nightly_dag_and_a_conf_override_changes_k(world: Wor
     assert f"run report: {report}" in output
     page = report.read_text()
     assert '<td id="top_k">3</td>' in page and f'<td id="run_id">{run_id}</td>' in page
+
+
+def test_a_dag_run_that_crashed_mid_way_resumes_without_double_work(world: World) -> None:
+    """The driver of infer_user_links dies before its commit (fault hook); the DAG run fails.
+
+    The on-call engineer clears the DAG run, and its tasks run again under the same Airflow
+    run id (``airflow tasks test DAG TASK RUN_ID`` plays the scheduler): the stages committed
+    before the crash do nothing, the others commit once, and the result is complete.
+    """
+    ds = "2024-01-04"  # a partition no other test writes
+    airflow = str(Path(world.env["PATH"].split(os.pathsep)[0]) / "airflow")
+    crash_env = {**world.env, "LIME_RANK_FAULT": "crash-before-commit:table=user_links"}
+    crashed = subprocess.run([airflow, "dags", "test", DAG_ID, ds], env=crash_env, capture_output=True, text=True,
+                             timeout=600)
+    output = crashed.stdout + crashed.stderr
+    assert crashed.returncode != 0 and "state=failed" in output, output[-6000:]
+
+    lake = world.lakehouse
+    audit = DeltaTable(str(lake / "run_audit")).to_pandas(filters=[("ds", "=", ds)])
+    [run_id] = audit.run_id.unique()
+    assert set(audit.job) == {"extract_histories", "precompute_candidates"}  # the crash left no row
+    assert DeltaTable(str(lake / "user_links")).to_pandas(filters=[("ds", "=", ds)]).empty
+    before = _tables(lake)
+
+    outputs = {}
+    for task in ("extract_histories", "precompute_candidates", "infer_user_links", "score_topk",
+                 "validate_publish"):
+        rerun = subprocess.run([airflow, "tasks", "test", DAG_ID, task, run_id], env=dict(world.env),
+                               capture_output=True, text=True, timeout=600)
+        outputs[task] = rerun.stdout + rerun.stderr
+        assert rerun.returncode == 0, (task, outputs[task][-6000:])
+    assert "already committed; nothing to redo" in outputs["extract_histories"]
+    assert "already committed; nothing to redo" in outputs["precompute_candidates"]
+
+    after = _tables(lake)
+    # no double work: the stages committed before the crash wrote nothing new
+    assert after["user_histories"] == before["user_histories"]
+    assert after["candidate_link_weights"] == before["candidate_link_weights"]
+    # the rest committed exactly once
+    assert after["user_links"] == before["user_links"] + 1
+    assert after["recommendations"] == before["recommendations"] + 1
+
+    audit = DeltaTable(str(lake / "run_audit")).to_pandas(filters=[("ds", "=", ds)])
+    assert set(audit.run_id) == {run_id}
+    statuses = audit.groupby("job")["status"].apply(sorted).to_dict()
+    assert statuses["extract_histories"] == ["skipped", "succeeded"]
+    # skipped on resume; in the crashed run too when an earlier run built this model version
+    assert len(statuses["precompute_candidates"]) == 2 and "skipped" in statuses["precompute_candidates"]
+    assert statuses["infer_user_links"] == ["succeeded"]
+    assert statuses["score_topk"] == ["succeeded"]
+    assert statuses["validate_publish"] == ["published"]
+
+    recs = DeltaTable(str(lake / "recommendations")).to_pandas(filters=[("ds", "=", ds)])
+    users = DeltaTable(str(lake / "user_histories")).to_pandas(filters=[("ds", "=", ds)]).user_id
+    assert set(recs.user_id) == set(users) and not recs.duplicated(["user_id", "rank"]).any()

@@ -57,36 +57,51 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (Linux /proc)."""
-    total, stack, seen = 0, [root], set()
+def tree_rss_by_kind(root: int) -> dict[str, int]:
+    """Resident memory of ``root`` and all its descendants (Linux /proc), summed per kind:
+    ``jvm`` (java processes) and ``other`` (the driver's Python, the Spark Python workers)."""
+    totals, stack, seen = {"jvm": 0, "other": 0}, [root], set()
     while stack:
         pid = stack.pop()
         if pid in seen:
             continue
         seen.add(pid)
         try:
+            kind = "jvm" if Path(f"/proc/{pid}/comm").read_text().strip() == "java" else "other"
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                    totals[kind] += int(line.split()[1]) * 1024
                     break
         except OSError:
             continue
         stack.extend(_children(pid))
-    return total
+    return totals
 
 
-def run_with_peak_memory(cmd: list[str], timeout: float, interval: float = 0.1) -> tuple[str, int, float]:
-    """Run ``cmd``; return (stdout, peak RSS of its whole process tree in bytes, seconds)."""
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (Linux /proc)."""
+    return sum(tree_rss_by_kind(root).values())
+
+
+def run_with_peak_memory(cmd: list[str], timeout: float, interval: float = 0.1,
+                         peaks_by_kind: dict[str, int] | None = None) -> tuple[str, int, float]:
+    """Run ``cmd``; return (stdout, peak RSS of its whole process tree in bytes, seconds).
+
+    ``peaks_by_kind``, when given, receives the peak of each kind (``jvm``, ``other``) on its own.
+    """
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     peak = 0
     done = threading.Event()
+    by_kind = peaks_by_kind if peaks_by_kind is not None else {}
 
     def poll() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_rss_bytes(proc.pid))
+            now = tree_rss_by_kind(proc.pid)
+            peak = max(peak, sum(now.values()))
+            for kind, rss in now.items():
+                by_kind[kind] = max(by_kind.get(kind, 0), rss)
             time.sleep(interval)
 
     watcher = threading.Thread(target=poll, daemon=True)

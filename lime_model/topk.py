@@ -37,10 +37,11 @@ def exact_topk(scores: Tensor, item_ids: Tensor, k: int,
     """scores ``(B, C)`` float, item_ids ``(C,)`` int64 (distinct), k >= 1,
     exclude ``(B, C)`` bool | None -> (ids ``(B, k)`` int64, scores ``(B, k)``).
 
-    ``torch.topk`` finds the k-th largest score per row; only rows where the
-    boundary value is tied with entries topk left out get a fix-up (the tied
-    entries with the smallest ids win), so the cost stays ``O(C)`` per row.
-    NaN scores are rejected.
+    One ``torch.topk`` of ``k + 1`` per row: the (k+1)-th score tells whether the k-th
+    (boundary) score is tied with entries topk left out; only such rows get a fix-up (the
+    tied entries with the smallest ids win), so the cost stays one pass over ``(B, C)``.
+    NaN scores are rejected (``torch.topk`` ranks NaN above every number, so a row holding
+    one has it among its top entries).
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be (B, C), got {tuple(scores.shape)}")
@@ -51,23 +52,25 @@ def exact_topk(scores: Tensor, item_ids: Tensor, k: int,
         raise ValueError(f"k must be >= 1, got {k}")
     if exclude is not None and exclude.shape != scores.shape:
         raise ValueError(f"exclude must have shape {tuple(scores.shape)}, got {tuple(exclude.shape)}")
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("scores hold NaN")
     if c == 0:
         return _pad(item_ids.new_empty((batch, 0)), scores.new_empty((batch, 0)), k)
     neg_inf = float("-inf")
     s = scores if exclude is None else scores.masked_fill(exclude, neg_inf)  # (B, C)
     k_eff = min(k, c)
-    top_scores, top_pos = torch.topk(s, k_eff, dim=1)  # (B, k_eff), unordered ties
-    boundary = top_scores[:, -1:]  # (B, 1): k-th largest score
-    tied_total = (s == boundary).sum(1)  # (B,)
-    tied_kept = (top_scores == boundary).sum(1)  # (B,)
-    needs_fix = (tied_total > tied_kept) & (boundary[:, 0] > neg_inf)  # (B,)
+    probe_scores, probe_pos = torch.topk(s, min(k_eff + 1, c), dim=1)  # (B, k_eff[+1]), sorted desc
+    if bool(torch.isnan(probe_scores).any()):
+        raise ValueError("scores hold NaN")
+    top_scores, top_pos = probe_scores[:, :k_eff].clone(), probe_pos[:, :k_eff].clone()  # (B, k_eff)
+    boundary = top_scores[:, -1]  # (B,): k-th largest score
+    if probe_scores.shape[1] > k_eff:  # an entry left out with the boundary score: ties cross it
+        needs_fix = (probe_scores[:, k_eff] == boundary) & (boundary > neg_inf)  # (B,)
+    else:
+        needs_fix = torch.zeros(batch, dtype=torch.bool, device=scores.device)
     for row in needs_fix.nonzero().flatten().tolist():
         # Keep every entry above the boundary, then the tied ones with the smallest ids.
-        above = (s[row] > boundary[row]).nonzero().flatten()  # (k_eff - tied_kept[row],)
-        tied = (s[row] == boundary[row]).nonzero().flatten()  # (tied_total[row],)
-        tied = tied[item_ids[tied].argsort()[: int(tied_kept[row])]]
+        above = (s[row] > boundary[row]).nonzero().flatten()  # (k_eff - tied_kept,)
+        tied = (s[row] == boundary[row]).nonzero().flatten()  # (tied_total,)
+        tied = tied[item_ids[tied].argsort()[: k_eff - len(above)]]
         top_pos[row] = torch.cat([above, tied])
         top_scores[row] = s[row, top_pos[row]]
     ids, out_scores = _order_rows(item_ids[top_pos], top_scores)  # (B, k_eff) x 2

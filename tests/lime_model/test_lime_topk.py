@@ -68,6 +68,18 @@ def test_exact_topk_rejects_nan_scores() -> None:
         exact_topk(torch.tensor([[1.0, float("nan")]]), torch.tensor([1, 2]), 1)
 
 
+@pytest.mark.parametrize("where", [0, 4_999, 9_999])
+def test_exact_topk_finds_one_nan_anywhere_in_a_large_block(where: int) -> None:
+    scores = torch.randn(3, 10_000)
+    scores[1, where] = float("nan")
+    with pytest.raises(ValueError, match="scores hold NaN"):
+        exact_topk(scores, torch.arange(10_000, dtype=torch.int64), 10)
+    excluded = torch.zeros(3, 10_000, dtype=torch.bool)
+    excluded[:, :9_000] = True  # NaN under an excluded entry is masked away, not an error
+    if where < 9_000:
+        exact_topk(scores, torch.arange(10_000, dtype=torch.int64), 10, exclude=excluded)
+
+
 def test_exact_topk_on_a_large_catalogue_equals_a_full_sort() -> None:
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 50, (8, 100_000), generator=g).float()  # heavy ties at the boundary

@@ -71,13 +71,19 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {MODELS}")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs of the existing results file that are not re-measured")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {MODELS}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    planned = {(m, s) for m in models for s in (seeds[:1] if m == "popularity" else seeds)}
     runs: list[dict[str, Any]] = []
+    if args.merge and (RESULTS / "ml100k.json").exists():
+        kept = json.loads((RESULTS / "ml100k.json").read_text())["runs"]
+        runs = [r for r in kept if (r["model"], r["seed"]) not in planned]
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="lime-ml100k-") as tmp_name:
         for model in models:

@@ -8,8 +8,9 @@ Each run is exactly what a user types::
     lime-rank evaluate --checkpoint CKPT --interactions ml-100k --out JSON
 
 (temporal leave-one-out, full-catalogue ranking; docs/model.md has the protocol).  Training
-stops at its own CPU-time budget (process CPU time, 14 minutes by default), so the figures do
-not depend on what else the machine runs.  Writes ``benchmarks/results/ml100k.json``: every
+stops at its own CPU-time budget (process CPU time, 14 minutes by default).  Run it on an
+otherwise idle machine: under contention torch's threads burn CPU time waiting, so fewer
+epochs fit the budget.  Writes ``benchmarks/results/ml100k.json``: every
 run's metrics, per-model means and the summary ratios the model issue asks for.
 """
 

@@ -58,7 +58,9 @@ def pipeline_tables(data: dict) -> str:
         for r in data["scale"]:
             cells = " | ".join(f"{r['seconds'].get(st, float('nan')):.1f}" for st in stages)
             rows.append(f"| {r['users']:,} | {r['items']:,} | {r['events']:,} | {cells} | {r['seconds_total']:.1f} |")
-        out += "\n\nTime per stage (Spark `local[2]`):\n\n" + "\n".join(rows)
+        m = data["scale"][0].get("model", {})
+        shape = f", model d={m['d_model']}, ell={m['n_links']}, {m['n_layers']} blocks" if m else ""
+        out += f"\n\nTime per stage (Spark `local[2]`{shape}, K=10):\n\n" + "\n".join(rows)
     return out
 
 

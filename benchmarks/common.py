@@ -116,6 +116,12 @@ def run_with_peak_memory(cmd: list[str], timeout: float, interval: float = 0.1,
     return out, peak, time.perf_counter() - t0
 
 
+def read_results(name: str) -> dict[str, Any] | None:
+    """The results file ``name`` under ``benchmarks/results/``, or None when there is none yet."""
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

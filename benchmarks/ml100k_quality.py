@@ -29,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, log, machine, write_results
+from benchmarks.common import RESULTS, log, machine, read_results, write_results
 
 MODELS = ("lime-xor", "full-attention", "lime-mha", "popularity")
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")
@@ -80,20 +80,17 @@ def main(argv: list[str]) -> int:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {MODELS}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    planned = {(m, s) for m in models for s in (seeds[:1] if m == "popularity" else seeds)}
-    runs: list[dict[str, Any]] = []
-    if args.merge and (RESULTS / "ml100k.json").exists():
-        kept = json.loads((RESULTS / "ml100k.json").read_text())["runs"]
-        runs = [r for r in kept if (r["model"], r["seed"]) not in planned]
+    # popularity has no randomness: one run says everything
+    plan = [(m, s) for m in models for s in (seeds[:1] if m == "popularity" else seeds)]
+    kept = read_results("ml100k.json") if args.merge else None
+    runs: list[dict[str, Any]] = [r for r in (kept or {}).get("runs", []) if (r["model"], r["seed"]) not in plan]
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="lime-ml100k-") as tmp_name:
-        for model in models:
-            # popularity has no randomness: one run says everything
-            for seed in (seeds[:1] if model == "popularity" else seeds):
-                log(f"ml-100k: {model} seed {seed}")
-                runs.append(train_and_evaluate(model, seed, Path(tmp_name)))
-                results.update(runs=runs, summary=summarise(runs))
-                write_results("ml100k.json", results)
+        for model, seed in plan:
+            log(f"ml-100k: {model} seed {seed}")
+            runs.append(train_and_evaluate(model, seed, Path(tmp_name)))
+            results.update(runs=runs, summary=summarise(runs))
+            write_results("ml100k.json", results)
     log(f"wrote {RESULTS / 'ml100k.json'}: {json.dumps(results['summary'])}")
     return 0
 

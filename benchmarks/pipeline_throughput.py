@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from benchmarks.common import RESULTS, log, machine, run_with_peak_memory, timed, write_results
+from benchmarks.common import log, machine, read_results, run_with_peak_memory, timed, write_results
 
 DS = "2024-01-30"
 K = 10
@@ -191,7 +191,7 @@ def bench_limit(spark, profile: dict[str, Any], tmp: Path) -> dict[str, Any]:
             "cold_seconds": {"infer_user_links": infer[0], "score_topk": score[0], "raw_torch": raw[0][0]},
             "pipeline_users_per_s": pipeline_rate, "raw_torch_seconds": t_raw, "raw_torch_users_per_s": raw_rate,
             "vs_raw_torch": pipeline_rate / raw_rate,
-            "vs_raw_torch_cold": (users / (infer[0] + score[0])) / (users / raw[0][0])}
+            "vs_raw_torch_cold": raw[0][0] / (infer[0] + score[0])}
 
 
 # --- 2. the naive Spark job -------------------------------------------------------------------------------
@@ -414,9 +414,8 @@ def main(argv: list[str]) -> int:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     name = "pipeline.json" if args.profile == "full" else f"pipeline-{args.profile}.json"
-    results: dict[str, Any] = {}
-    if args.merge and (RESULTS / name).exists():  # re-measure some sections, keep the others
-        results = json.loads((RESULTS / name).read_text())
+    # --merge: re-measure some sections, keep the others
+    results: dict[str, Any] = (read_results(name) if args.merge else None) or {}
     results.update({"profile": args.profile, "machine": machine(), "spark_master": "local[2]",
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     spark = session()

@@ -148,7 +148,7 @@ def read_interactions(source: str, cache_dir: Path | None = None) -> pd.DataFram
                 f"interactions source {source!r} is neither '{MOVIELENS_SOURCE}', an existing file nor an "
                 "events Delta table folder"
             )
-        suffix = "" if is_delta else path.suffix.lower()
+        suffix = path.suffix.lower()
         if is_delta:
             from deltalake import DeltaTable
 

@@ -60,7 +60,7 @@ def exact_topk(scores: Tensor, item_ids: Tensor, k: int,
     probe_scores, probe_pos = torch.topk(s, min(k_eff + 1, c), dim=1)  # (B, k_eff[+1]), sorted desc
     if bool(torch.isnan(probe_scores).any()):
         raise ValueError("scores hold NaN")
-    top_scores, top_pos = probe_scores[:, :k_eff].clone(), probe_pos[:, :k_eff].clone()  # (B, k_eff)
+    top_scores, top_pos = probe_scores[:, :k_eff], probe_pos[:, :k_eff]  # (B, k_eff) views
     boundary = top_scores[:, -1]  # (B,): k-th largest score
     if probe_scores.shape[1] > k_eff:  # an entry left out with the boundary score: ties cross it
         needs_fix = (probe_scores[:, k_eff] == boundary) & (boundary > neg_inf)  # (B,)

@@ -198,7 +198,7 @@ class ParquetFileWriter:
                         rel = f"{folder}/{rel}"
                     fs.create_dir(f"{root}/{folder}" if folder else root, recursive=True)
                     sink = fs.open_output_stream(f"{root}/{rel}")
-                    writer = pq.ParquetWriter(sink, self.spec.data_schema, compression="zstd")
+                    writer = pq.ParquetWriter(sink, self.spec.data_schema, compression=self.spec.compression)
                     open_files[key] = _OpenFile(writer, sink, rel, values)
                 current = open_files[key]
                 current.writer.write_table(data)

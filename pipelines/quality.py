@@ -90,8 +90,10 @@ def check_recommendations(
         F.count(F.lit(1)).alias("rows"),
         F.min("rank").alias("min_rank"),
         F.max("rank").alias("max_rank"),
-        F.countDistinct("rank").alias("ranks"),
-        F.countDistinct("item_id").alias("items"),
+        # size(collect_set) rather than countDistinct: K rows per user at most, and two distinct
+        # aggregates would make Spark expand every row once per distinct column
+        F.size(F.collect_set("rank")).alias("ranks"),
+        F.size(F.collect_set("item_id")).alias("items"),
         F.sum((F.isnan("score") | F.col("score").isNull()
                | (F.abs("score") == float("inf"))).cast("long")).alias("bad_scores"),
         F.sum((F.col("model_version") != F.lit(model_version)).cast("long")).alias("bad_versions"),

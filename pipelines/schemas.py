@@ -21,17 +21,29 @@ UTC_MICROS = pa.timestamp("us", tz="UTC")
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A table's contract: ``schema`` includes the ``partition_by`` columns."""
+    """A table's contract: ``schema`` includes the ``partition_by`` columns.
+
+    ``uncompressed``: columns written without compression (dense float vectors: zstd saves
+    under 10% of their size but makes every scan of them several times slower).
+    """
 
     name: str
     schema: pa.Schema
     partition_by: tuple[str, ...] = ()
     description: str = ""
+    uncompressed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for col in self.partition_by:
             field = self.schema.field(col)
             assert pa.types.is_string(field.type), f"{self.name}.{col}: partition columns are strings"
+        for col in self.uncompressed:
+            assert col in self.schema.names and col not in self.partition_by, f"{self.name}.{col}"
+
+    @cached_property
+    def compression(self) -> dict[str, str]:
+        """Parquet codec per data column: zstd, except the ``uncompressed`` ones."""
+        return {f.name: "none" if f.name in self.uncompressed else "zstd" for f in self.data_schema}
 
     @cached_property
     def data_schema(self) -> pa.Schema:
@@ -95,6 +107,7 @@ CANDIDATE_LINK_WEIGHTS = TableSpec(
     ]),
     partition_by=("model_version",),
     description="per model version and item: W_c (H*ell), candidate vector (d), bias",
+    uncompressed=("link_weights", "cand_vec"),
 )
 
 USER_LINKS = TableSpec(
@@ -107,6 +120,7 @@ USER_LINKS = TableSpec(
     ]),
     partition_by=("ds",),
     description="personalised link embeddings L_P (ell*d, row-major) per user with a usable history",
+    uncompressed=("l_p",),
 )
 
 RECOMMENDATIONS = TableSpec(

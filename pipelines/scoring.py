@@ -50,6 +50,11 @@ TOPK_SCHEMA = pa.schema([
 ])
 
 
+# candidates per GEMM: (user_block x 4096) float32 scores stay near the cache; 15-25% faster per
+# user than 8192 at both benchmark model shapes (ell*d = 256 and 2048) on this 2-core EPYC
+CANDIDATE_BLOCK = 4096
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     checkpoint: str
@@ -59,7 +64,7 @@ class ScoringConfig:
     candidate_mode: str = "auto"
     broadcast_max_bytes: int = 512 * 1024 * 1024
     shards: int | None = None
-    candidate_block: int = 8192
+    candidate_block: int = CANDIDATE_BLOCK
     user_block: int = 1024
     device: str = "cpu"
     per_user_candidates: bool = False  # rank each user's list in user_candidates(ds) when it has one

@@ -101,6 +101,10 @@ def test_good_run_is_published_with_a_report(
     # a NaN the table layer would refuse, committed by another writer: the gate reads what is committed
     pytest.param([(1, 1, 3, float("nan"), "model"), *GOOD_RECS[1:]], MV, "finite_scores", id="nan-score"),
     pytest.param(GOOD_RECS[2:], "mv-other", "users", id="user-lost-and-links-of-another-model"),
+    pytest.param([(1, 1, 3, 0.9, "model"), (1, 1, 4, 0.5, "model"), *GOOD_RECS[2:]], MV, "ranks",
+                 id="rank-given-twice"),
+    pytest.param([(1, 1, 3, 0.9, "model"), (1, 2, 3, 0.5, "model"), *GOOD_RECS[2:]], MV, "distinct_items",
+                 id="item-recommended-twice"),
 ])
 def test_failed_gate_exits_1_and_does_not_publish(
     spark, lakehouse: Path, recs: list[tuple[int, int, int, float, str]], links_mv: str, failed_check: str,

@@ -240,3 +240,18 @@ def test_delta_spark_engine_roundtrip(spark, lakehouse) -> None:
     assert not store.write(df, RECOMMENDATIONS, mode="append", app_id="s1").skipped
     assert store.write(df, RECOMMENDATIONS, mode="append", app_id="s1").skipped
     assert store.read(RECOMMENDATIONS).count() == 3
+
+
+def test_dense_vector_columns_are_written_uncompressed(store) -> None:
+    import pyarrow.parquet as pq
+
+    from pipelines.schemas import USER_LINKS
+
+    rows = [{"ds": "2024-01-01", "model_version": "v1", "user_id": u, "l_p": [0.5 * u] * 8} for u in range(3)]
+    store.write_arrow(pa.Table.from_pylist(rows, schema=USER_LINKS.schema), USER_LINKS, mode="append", app_id="c")
+    [path] = DeltaTable(store.uri("user_links")).file_uris()
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    codecs = {meta.column(i).path_in_schema.split(".")[0]: meta.column(i).compression
+              for i in range(meta.num_columns)}
+    assert codecs == {"model_version": "ZSTD", "user_id": "ZSTD", "l_p": "UNCOMPRESSED"}
+    assert sorted(DeltaTable(store.uri("user_links")).to_pyarrow_table().column("user_id").to_pylist()) == [0, 1, 2]

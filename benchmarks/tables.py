@@ -34,6 +34,10 @@ def pipeline_tables(data: dict) -> str:
             f"- limit: {lim['users']} users x {lim['items']} items, K={lim['top_k']}: pipeline "
             f"{lim['pipeline_users_per_s']:.0f} users/s (infer {sec['infer_user_links']:.1f} s "
             f"+ score {sec['score_topk']:.1f} s), raw torch {lim['raw_torch_users_per_s']:.0f} users/s"
+            + (f" (encode {lim['raw_torch_seconds_by_step']['encode']:.1f} s + top-K "
+               f"{lim['raw_torch_seconds_by_step']['topk']:.1f} s); pipeline: best of {len(lim['rounds']) - 1} "
+               f"warm rounds, raw: best of all {len(lim['rounds'])}; median warm-round ratio "
+               f"{lim['vs_raw_torch_median']:.3f}" if "rounds" in lim else "")
             + (f"; first (cold) runs: vs_raw_torch_cold {lim['vs_raw_torch_cold']:.3f}" if "vs_raw_torch_cold" in lim
                else ""))
     if "naive" in data:

@@ -10,9 +10,10 @@ Two sweeps on the CPU this runs on, d=64, H=2, ell=32, 2 blocks, fp32, eval mode
    a third column times the skyline with its last block cut to the one query that is read
    (``full_last_query``); the summary's speedups are against the plain skyline.
 2. **Scoring time per user vs candidate count** C in {1k, ..., 32k} at a fixed
-   history length: LIME with cached candidate tables (encode the history,
-   ``V(L_P)``, one GEMM against the folded ``(C, ell*d)`` table; the tables
-   are built offline and not timed) against target attention (each candidate
+   history length: LIME with cached candidate tables (encode the histories
+   ``tokens_per_batch`` at a time, ``V(L_P)``, then one GEMM for all ``lime_users``
+   users against the folded ``(C, ell*d)`` table -- with fewer users per GEMM it is
+   bound by reading the table; the tables are built offline and not timed) against target attention (each candidate
    attends to the user's history: ``C x N`` attention per user, then a dot
    product).  Both include their user-side work; top-K is not included.  The
    summary ratio is at N=4096; N=1024 is swept too, because the ratio depends on
@@ -28,10 +29,12 @@ CPU inference (jemalloc/tcmalloc), the benchmark asks glibc to keep freed memory
 The same can be had in any process with ``MALLOC_MMAP_THRESHOLD_=33554432
 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment.
 
-Timings are noisy on a shared 2-core machine, so the variants of one point are
-timed in alternation (round-robin), several rounds, and each reports the
+Timings are noisy on a shared 2-core machine, so every variant at every size of a
+sweep is timed once per round (round-robin), several rounds, and each reports the
 fastest round (timeit's advice: the minimum is the least disturbed run) as
-well as the median; the summary uses the minima.
+well as the median; the summary uses the minima.  Interleaving the sizes, not only
+the variants, matters for the ratios between sizes (growth per doubling, 32k over 1k):
+a slow spell of the machine then slows every size alike instead of one of them.
 """
 
 from __future__ import annotations
@@ -133,14 +136,23 @@ def bench_encoders(lengths: list[int], tokens_per_batch: int, rounds: int) -> li
     torch.manual_seed(0)
     xor = LimeModel(_config("lime-xor", max(lengths))).eval()
     full = FullAttentionModel(_config("full-attention", max(lengths))).eval()
+    users_at = {n: max(1, tokens_per_batch // n) for n in lengths}
+    histories = {n: torch.randint(1, NUM_ITEMS, (users_at[n], n)) for n in lengths}
+    variants: dict[str, Callable[[Tensor], object]] = {
+        "xor": lambda h: xor.encode_links(h, None),
+        "full": lambda h: full.encode_user(h, None),
+        "full_last_query": lambda h: full_attention_last_query(full, h)}
+    # Every length in every round: a slow spell of the machine then hits all lengths alike
+    # instead of skewing one of them (and with it the growth per doubling).  Variant-major
+    # order, so that each LIME-XOR call follows another LIME-XOR call, not the skyline's
+    # large attention (whose cache and allocator footprint made the XOR minima wander).
+    fns = {f"{n}/{name}": (lambda fn=fn, h=histories[n]: fn(h))
+           for name, fn in variants.items() for n in lengths}
+    all_times = time_round_robin(fns, rounds)
     rows = []
     for n in lengths:
-        users = max(1, tokens_per_batch // n)
-        history = torch.randint(1, NUM_ITEMS, (users, n))
-        times = time_round_robin({"xor": lambda h=history: xor.encode_links(h, None),
-                                  "full": lambda h=history: full.encode_user(h, None),
-                                  "full_last_query": lambda h=history: full_attention_last_query(full, h)},
-                                 rounds)
+        users = users_at[n]
+        times = {name: all_times[f"{n}/{name}"] for name in ("xor", "full", "full_last_query")}
         row = {"history_length": n, "users_per_call": users}
         for name, ts in times.items():
             row[f"{name}_ms_per_user"] = 1e3 * min(ts) / users
@@ -155,12 +167,12 @@ def bench_encoders(lengths: list[int], tokens_per_batch: int, rounds: int) -> li
 
 
 def bench_scoring(counts: list[int], history_length: int, lime_users: int, target_users: int,
-                  rounds: int) -> list[dict[str, float]]:
+                  tokens_per_batch: int, rounds: int) -> list[dict[str, float]]:
     torch.manual_seed(0)
     lime = LimeModel(_config("lime-xor", history_length)).eval()
     target = TargetAttentionScorer(_config("full-attention", history_length)).eval()
     cfg = lime.cfg
-    rows = []
+    fns: dict[str, Callable[[], object]] = {}
     for c in counts:
         cand = torch.randint(1, NUM_ITEMS, (c,))
         tables = lime.candidate_tables(cand)  # offline, cached per model version
@@ -169,10 +181,19 @@ def bench_scoring(counts: list[int], history_length: int, lime_users: int, targe
         h_target = h_lime[:target_users]
 
         def lime_scores(h: Tensor = h_lime, f: Tensor = folded, b: Tensor = tables.bias) -> Tensor:
-            return score_folded(lime.link_values(lime.encode_links(h, None)), f, b)  # (B, C)
+            # Encode in calls of the encoder sweep's size, then score all users in one GEMM:
+            # the pipeline, too, encodes and scores in separately sized batches.
+            step = max(1, tokens_per_batch // h.shape[1])
+            values = torch.cat([lime.link_values(lime.encode_links(h[i:i + step], None))
+                                for i in range(0, len(h), step)])  # (B, ell, d)
+            return score_folded(values, f, b)  # (B, C)
 
-        times = time_round_robin({"lime": lime_scores,
-                                  "target": lambda h=h_target, k=cand: target(h, k)}, rounds)
+        fns[f"{c}/lime"] = lime_scores
+        fns[f"{c}/target"] = lambda h=h_target, k=cand: target(h, k)
+    all_times = time_round_robin(fns, rounds)  # every count in every round, as for the encoders
+    rows = []
+    for c in counts:
+        times = {name: all_times[f"{c}/{name}"] for name in ("lime", "target")}
         row = {"candidates": c, "history_length": history_length,
                "lime_ms_per_user": 1e3 * min(times["lime"]) / lime_users,
                "lime_ms_per_user_median": 1e3 * statistics.median(times["lime"]) / lime_users,
@@ -221,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="history length N of the scoring sweep (the summary's ratio)")
     parser.add_argument("--extra-scoring-history", type=int, nargs="*", default=[1024],
                         help="further history lengths swept for transparency")
-    parser.add_argument("--lime-users", type=int, default=32, help="users per LIME scoring call")
+    parser.add_argument("--lime-users", type=int, default=128,
+                        help="users per LIME scoring call (one GEMM; encoded tokens_per_batch at a time)")
     parser.add_argument("--target-users", type=int, default=2, help="users per target-attention call")
     parser.add_argument("--quick", action="store_true", help="tiny sweep (smoke test), not for results")
     return parser
@@ -241,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         scoring_history = args.scoring_history if not args.quick else 256
         scoring = []
         for n in [scoring_history, *([] if args.quick else args.extra_scoring_history)]:
-            scoring += bench_scoring(counts, n, args.lime_users, args.target_users, rounds)
+            scoring += bench_scoring(counts, n, args.lime_users, args.target_users,
+                                     args.tokens_per_batch, rounds)
     result = {
         "summary": summarize(encoder, scoring, scoring_history),
         "settings": {"d_model": 64, "n_heads": 2, "n_links": 32, "n_layers": 2, "dtype": "float32",

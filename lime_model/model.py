@@ -99,16 +99,50 @@ class HSTUBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def project(self, x: Tensor, parts: str = "uqkv") -> list[Tensor]:
-        """x ``(B, m, d)`` -> the requested parts of U, Q, K, V (e.g. ``"kv"``), each ``(B, m, d)``.
+        """x ``(B, m, d)`` -> the requested parts of U, Q, K, V (e.g. ``"kv"``), each ``(B, m, d)``."""
+        return self.project_normed(self.norm(x), parts)
 
-        One LayerNorm, then one GEMM per part against a slice of the fused weight: the same
-        FLOPs as the fused GEMM, but contiguous outputs (cheaper element-wise ops after), and
-        parts nobody reads are never computed.
+    def project_normed(self, xn: Tensor, parts: str) -> list[Tensor]:
+        """xn = ``norm(x)`` ``(B, m, d)`` -> the requested parts of U, Q, K, V, each ``(B, m, d)``.
+
+        One GEMM per part against a slice of the fused weight: the same FLOPs as the fused
+        GEMM, but contiguous outputs (cheaper element-wise ops after), and parts nobody reads
+        are never computed.
         """
-        xn = self.norm(x)  # (B, m, d)
         w, b, d = self.uqkv.weight, self.uqkv.bias, self.d
         return [F.linear(xn, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d])
                 for i in ("uqkv".index(p) for p in parts)]  # len(parts) x (B, m, d)
+
+    def attend_folded(self, q: Tensor, xn: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Few queries over many keys, without computing the keys' K and V.
+
+        q ``(B or 1, m, d)`` projected queries, xn ``(B, n, d)`` = ``norm(x)`` of the key tokens,
+        key_mask ``(B, 1, 1, n)`` bool | None -> merged attention output ``(B, m, d)``.
+
+        Per head ``h``, with ``k_j = xn_j W_k^T + b_k`` and ``v_j = xn_j W_v^T + b_v``:
+        ``q^h . k_j^h = (q^h W_k^h) . xn_j + q^h . b_k^h`` -- the last term is the same for every
+        key and cancels in the softmax -- and, the weights summing to one,
+        ``sum_j p_j v_j^h = (sum_j p_j xn_j) W_v^{hT} + b_v^h``.  So one attention of ``H*m``
+        queries of width ``d`` over ``xn`` itself replaces the two ``n x d x d`` GEMMs: cheaper
+        while ``(H - 1) * m < d`` (:meth:`folds`), and equal to the plain form to float tolerance.
+        """
+        h, d = self.n_heads, self.d
+        d_h = d // h
+        batch, m = xn.shape[0], q.shape[1]
+        w, b = self.uqkv.weight, self.uqkv.bias
+        w_k = w[2 * d:3 * d].view(h, d_h, d)  # (H, d_h, d)
+        w_v = w[3 * d:4 * d].view(h, d_h, d)  # (H, d_h, d)
+        q_wide = self.heads(q) @ w_k  # (B|1, H, m, d)
+        q_wide = q_wide.reshape(q.shape[0], 1, h * m, d).expand(batch, -1, -1, -1)  # (B, 1, H*m, d)
+        keys = xn[:, None]  # (B, 1, n, d): keys and values alike
+        mixed = F.scaled_dot_product_attention(q_wide, keys, keys, attn_mask=key_mask,
+                                               scale=d_h ** -0.5)  # (B, 1, H*m, d)
+        out = mixed.view(batch, h, m, d) @ w_v.transpose(1, 2) + b[3 * d:4 * d].view(h, 1, d_h)
+        return self.merge(out)  # (B, m, d)
+
+    def folds(self, n_queries: int) -> bool:
+        """Whether :meth:`attend_folded` costs fewer FLOPs than projecting K and V for ``n_queries``."""
+        return (self.n_heads - 1) * n_queries < self.d
 
     def heads(self, x: Tensor) -> Tensor:
         """``(B, m, d)`` -> ``(B, H, m, d_h)``."""
@@ -125,19 +159,30 @@ class HSTUBlock(nn.Module):
         return x + self.dropout(self.proj(F.silu(u) * self.attn_norm(attn)))
 
 
+def attend_history(block: HSTUBlock, q_l: Tensor, x_e: Tensor, xn_e: Tensor,
+                   key_mask: Tensor | None) -> Tensor:
+    """The ``ell x n`` attention links <- history, merged: q_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``,
+    xn_e = ``norm(x_e)``, key_mask ``(B, 1, 1, n)`` bool (True = real item) | None -> ``(B, ell, d)``.
+
+    With few links the history's K and V are never computed (:meth:`HSTUBlock.attend_folded`).
+    """
+    if block.folds(q_l.shape[1]):
+        return block.attend_folded(q_l, xn_e, key_mask)
+    k_e, v_e = block.project_normed(xn_e, "kv")  # (B, n, d) x 2
+    q = block.heads(q_l).expand(x_e.shape[0], -1, -1, -1)  # (B, H, ell, d_h)
+    return block.merge(F.scaled_dot_product_attention(q, block.heads(k_e), block.heads(v_e),
+                                                      attn_mask=key_mask))  # (B, ell, d)
+
+
 def links_from_history(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | None) -> Tensor:
     """Links <- history: one ``ell x n`` attention; only the links are updated.
 
     x_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` bool (True = real item)
     or None when no column is padding -> new x_l ``(B, ell, d)``.
     """
-    batch = x_e.shape[0]
     u_l, q_l = block.project(x_l, "uq")  # (B|1, ell, d) x 2
-    k_e, v_e = block.project(x_e, "kv")  # (B, n, d) x 2
-    q = block.heads(q_l).expand(batch, -1, -1, -1)  # (B, H, ell, d_h)
-    attn = F.scaled_dot_product_attention(q, block.heads(k_e), block.heads(v_e),
-                                          attn_mask=key_mask)  # (B, H, ell, d_h)
-    return block.output(x_l, u_l, block.merge(attn))  # (B, ell, d)
+    attn = attend_history(block, q_l, x_e, block.norm(x_e), key_mask)  # (B, ell, d)
+    return block.output(x_l, u_l, attn)  # (B, ell, d)
 
 
 def xor_block(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -149,14 +194,13 @@ def xor_block(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | Non
     """
     batch = x_e.shape[0]
     u_l, q_l, k_l, v_l = block.project(x_l)  # (B|1, ell, d) x 4
-    u_e, q_e, k_e, v_e = block.project(x_e)  # (B, n, d) x 4
-    a_l = F.scaled_dot_product_attention(
-        block.heads(q_l).expand(batch, -1, -1, -1), block.heads(k_e), block.heads(v_e),
-        attn_mask=key_mask)  # (B, H, ell, d_h)
+    xn_e = block.norm(x_e)  # (B, n, d)
+    u_e, q_e = block.project_normed(xn_e, "uq")  # (B, n, d) x 2
+    a_l = attend_history(block, q_l, x_e, xn_e, key_mask)  # (B, ell, d)
     a_e = F.scaled_dot_product_attention(
         block.heads(q_e), block.heads(k_l).expand(batch, -1, -1, -1),
         block.heads(v_l).expand(batch, -1, -1, -1))  # (B, H, n, d_h)
-    return block.output(x_l, u_l, block.merge(a_l)), block.output(x_e, u_e, block.merge(a_e))
+    return block.output(x_l, u_l, a_l), block.output(x_e, u_e, block.merge(a_e))
 
 
 @dataclass(frozen=True)

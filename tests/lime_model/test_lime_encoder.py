@@ -40,6 +40,28 @@ def test_fast_link_encoder_equals_dense_masked_reference(kind: str, case: tuple)
     torch.testing.assert_close(fast, dense, **TOL)
 
 
+@pytest.mark.parametrize(("kind", "heads", "links", "folds"), [
+    ("lime-xor", 2, 4, True), ("lime-xor", 4, 6, False), ("lime-mha", 2, 4, True), ("lime-mha", 4, 6, False)])
+def test_folded_and_projected_history_attention_match_reference_values_and_gradients(
+        kind: str, heads: int, links: int, folds: bool) -> None:
+    """Both forms of links <- history (K, V folded into the queries, or projected) are taken,
+    and training through either gets the dense reference's gradients."""
+    model = tiny_model(tiny_config(kind, n_heads=heads, n_links=links, d_model=16))
+    assert isinstance(model, LimeModel)
+    assert model.blocks[0].folds(links) is folds
+    history = right_aligned([[3, 5, 7, 9, 11], [2, 4]], 5)
+    grads = []
+    for encode in (model.encode_links, lambda h, t: dense_encode_links(model, h, t)):
+        model.zero_grad()
+        out = encode(history, None)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert any(name.endswith("uqkv.weight") for name in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], **TOL, msg=name)
+
+
 def test_xor_mask_lets_exactly_links_and_history_see_each_other() -> None:
     valid = torch.tensor([[False, True, True]])
     allowed = link_mask(2, valid, xor=True)[0].long()

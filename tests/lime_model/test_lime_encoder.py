@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lime_helpers import right_aligned, times_for, tiny_config, tiny_model
 
-from lime_model.model import FullAttentionModel, LimeModel, time_gap_buckets
+from lime_model.model import FOLD_MIN_KEYS, FullAttentionModel, LimeModel, time_gap_buckets
 from lime_model.reference import dense_encode_links, link_mask
 
 TOL = {"atol": 2e-5, "rtol": 1e-4}
@@ -46,10 +46,14 @@ def test_folded_and_projected_history_attention_match_reference_values_and_gradi
         kind: str, heads: int, links: int, folds: bool) -> None:
     """Both forms of links <- history (K, V folded into the queries, or projected) are taken,
     and training through either gets the dense reference's gradients."""
-    model = tiny_model(tiny_config(kind, n_heads=heads, n_links=links, d_model=16))
+    width = FOLD_MIN_KEYS + 3
+    model = tiny_model(tiny_config(kind, n_heads=heads, n_links=links, d_model=16, max_history=width))
     assert isinstance(model, LimeModel)
-    assert model.blocks[0].folds(links) is folds
-    history = right_aligned([[3, 5, 7, 9, 11], [2, 4]], 5)
+    assert model.blocks[0].folds(links, width) is folds
+    assert not model.blocks[0].folds(links, FOLD_MIN_KEYS - 1)  # short histories: always projected
+    gen = torch.Generator().manual_seed(3)
+    rows = [torch.randint(1, 40, (width,), generator=gen).tolist(), [2, 4]]
+    history = right_aligned(rows, width)
     grads = []
     for encode in (model.encode_links, lambda h, t: dense_encode_links(model, h, t)):
         model.zero_grad()

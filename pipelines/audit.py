@@ -50,6 +50,10 @@ class AuditRecord:
     def timing(self, name: str, seconds: float) -> None:
         self.metrics[f"seconds_{name}"] = round(float(seconds), 3)
 
+    def elapsed(self) -> float:
+        """Seconds since this record was opened."""
+        return time.perf_counter() - self._t0
+
     def to_arrow(self) -> pa.Table:
         finished = dt.datetime.now(dt.UTC)
         self.metrics.setdefault("seconds_total", round(time.perf_counter() - self._t0, 3))

@@ -352,8 +352,13 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         else:
             candidate_ids = np.sort(candidates.select("item_id").toArrow().column("item_id").to_numpy())
             files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
-        users = links.select("user_id", "l_p").join(
-            histories.select("user_id", F.col("item_ids").alias("seen")), "user_id", "left")
+        seen = histories.select("user_id", F.col("item_ids").alias("seen"))
+        # the seen lists ride along with each user's L_P: broadcast them while they are small (at most
+        # max_history ids per user), so L_P is never shuffled for the join
+        history_rows = ctx.store.partition_rows(USER_HISTORIES, {"ds": ctx.ds})
+        seen_broadcast = history_rows * (8 * mc.max_history + 24) <= cfg.seen_broadcast_max_bytes
+        users = links.select("user_id", "l_p").join(F.broadcast(seen) if seen_broadcast else seen,
+                                                    "user_id", "left")
         user_candidates = None
         if cfg.per_user_candidates:
             _require_partition(ctx, USER_CANDIDATES.name, "the retrieval job that writes user_candidates")
@@ -361,10 +366,18 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
             listed = user_candidates.join(links.select("user_id"), "user_id", "left_semi").count()
             record.count("users_with_own_candidates", listed)
-        # scoring tasks of even size on every core (the join's shuffle partitions, coalesced by
-        # AQE, can leave cores idle); the extra shuffle moves each user's L_P once
-        tasks = max(1, 2 * ctx.spark.sparkContext.defaultParallelism)
-        model_rows = s.model_topk(users.repartition(tasks), cfg, mode=mode, candidate_ids=candidate_ids,
+        # Scoring tasks on every core.  With the seen lists broadcast they follow user_links' file
+        # splits (infer_user_links writes one token-balanced file per partition) when those are at
+        # least one per core; otherwise (a shuffle join, whose partitions AQE coalesces, or too few
+        # splits) users are repartitioned evenly, which moves each user's L_P once more.
+        cores = max(1, ctx.spark.sparkContext.defaultParallelism)
+        splits = links.rdd.getNumPartitions()
+        keep_splits = seen_broadcast and user_candidates is None and splits >= cores
+        scored = users if keep_splits else users.repartition(2 * cores)
+        record.metrics.update(seen_join="broadcast" if seen_broadcast else "shuffle",
+                              scoring_partitions=splits if keep_splits else 2 * cores,
+                              scoring_repartitioned=not keep_splits)
+        model_rows = s.model_topk(scored, cfg, mode=mode, candidate_ids=candidate_ids,
                                   broadcast=broadcast, files=files, shards=shards)
         popular = s.popular_items(histories, candidate_ids, cfg.top_k)
         record.metrics["popular_items"] = [p[1] for p in popular]
@@ -373,6 +386,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                                  model_version=ctx.model_version).persist(StorageLevel.DISK_ONLY)
         try:
             ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
+            # reading the inputs' metadata, the candidate broadcast, the popularity list
+            record.timing("prepare", record.elapsed())
             try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
                 _timed(record, "score", recs.count)
                 report = _timed(record, "gate", lambda: check_recommendations(

@@ -63,6 +63,9 @@ class ScoringConfig:
     exclude_seen: bool = True
     candidate_mode: str = "auto"
     broadcast_max_bytes: int = 512 * 1024 * 1024
+    # seen lists (user_histories.item_ids) are broadcast to the scoring tasks up to this bound
+    # (estimated as users x max_history ids); above it they are joined by a shuffle; 0: always
+    seen_broadcast_max_bytes: int = 64 * 1024 * 1024
     shards: int | None = None
     candidate_block: int = CANDIDATE_BLOCK
     user_block: int = 1024
@@ -76,6 +79,8 @@ class ScoringConfig:
             raise ConfigError(f"candidate mode must be one of {list(CANDIDATE_MODES)}, got {self.candidate_mode!r}")
         if self.broadcast_max_bytes < 1:
             raise ConfigError(f"broadcast_max_bytes must be >= 1, got {self.broadcast_max_bytes}")
+        if self.seen_broadcast_max_bytes < 0:
+            raise ConfigError(f"seen_broadcast_max_bytes must be >= 0, got {self.seen_broadcast_max_bytes}")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"shards must be >= 1, got {self.shards}")
         if self.candidate_block < 1 or self.user_block < 1:

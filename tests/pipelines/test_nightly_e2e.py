@@ -113,6 +113,22 @@ def test_sharded_candidates_give_the_same_lists(world: dict, spark) -> None:
                             shards=3, candidate_block=50)
     result = nightly.score_topk(ctx, sharded)
     assert result.metrics["candidate_mode"] == "sharded" and result.metrics["shards"] == 3
+    # the small default world: seen lists broadcast, scoring follows user_links' file splits
+    assert result.metrics["seen_join"] == "broadcast" and result.metrics["scoring_repartitioned"] is False
+    after = written(world)
+    pd.testing.assert_frame_equal(before.drop(columns="score"), after.drop(columns="score"))
+    np.testing.assert_allclose(before.score, after.score, rtol=1e-6)
+
+
+def test_seen_lists_joined_by_a_shuffle_give_the_same_lists(world: dict, spark) -> None:
+    """Above seen_broadcast_max_bytes the seen lists are joined by a shuffle and users repartitioned."""
+    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-seen-shuffle", str(world["ckpt"]))
+    before = written(world)
+    cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, seen_broadcast_max_bytes=0)
+    result = nightly.score_topk(ctx, cfg)
+    assert result.metrics["seen_join"] == "shuffle"
+    assert result.metrics["scoring_repartitioned"] is True
+    assert result.metrics["scoring_partitions"] == 2 * spark.sparkContext.defaultParallelism
     after = written(world)
     pd.testing.assert_frame_equal(before.drop(columns="score"), after.drop(columns="score"))
     np.testing.assert_allclose(before.score, after.score, rtol=1e-6)

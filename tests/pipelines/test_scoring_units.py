@@ -44,6 +44,8 @@ def test_plan_mode_respects_the_memory_bound() -> None:
     assert plan_mode(cfg, 999) == ("broadcast", 1)
     assert plan_mode(cfg, 3500) == ("sharded", 4)
     assert plan_mode(ScoringConfig("c", "v", top_k=5, candidate_mode="sharded", shards=2), 10) == ("sharded", 2)
+    with pytest.raises(ConfigError, match="seen_broadcast_max_bytes must be >= 0"):
+        ScoringConfig("c", "v", top_k=5, seen_broadcast_max_bytes=-1)
     with pytest.raises(ConfigError, match="candidate mode"):
         ScoringConfig("c", "v", top_k=5, candidate_mode="fast")
     with pytest.raises(ConfigError, match="top_k"):

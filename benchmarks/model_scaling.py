@@ -13,9 +13,9 @@ Two sweeps on the CPU this runs on, d=64, H=2, ell=32, 2 blocks, fp32, eval mode
    history length: LIME with cached candidate tables (encode the histories
    ``tokens_per_batch`` at a time, ``V(L_P)``, then one GEMM for all ``lime_users``
    users against the folded ``(C, ell*d)`` table -- with fewer users per GEMM it is
-   bound by reading the table; the tables are built offline and not timed) against target attention (each candidate
-   attends to the user's history: ``C x N`` attention per user, then a dot
-   product).  Both include their user-side work; top-K is not included.  The
+   bound by reading the table; the tables are built offline and not timed) against
+   target attention (each candidate attends to the user's history: ``C x N``
+   attention per user, then a dot product).  Both include their user-side work; top-K is not included.  The
    summary ratio is at N=4096; N=1024 is swept too, because the ratio depends on
    N: LIME costs ``O(ell*d)`` per candidate (the GEMM), so its curve is flat only
    while the per-user history encoding dominates.

@@ -175,7 +175,8 @@ def attend_history(block: HSTUBlock, q_l: Tensor, x_e: Tensor, xn_e: Tensor,
     """The ``ell x n`` attention links <- history, merged: q_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``,
     xn_e = ``norm(x_e)``, key_mask ``(B, 1, 1, n)`` bool (True = real item) | None -> ``(B, ell, d)``.
 
-    With few links the history's K and V are never computed (:meth:`HSTUBlock.attend_folded`).
+    For long histories (and few links) the history's K and V are never computed
+    (:meth:`HSTUBlock.attend_folded`, :meth:`HSTUBlock.folds`).
     """
     if block.folds(q_l.shape[1], x_e.shape[1]):
         return block.attend_folded(q_l, xn_e, key_mask)

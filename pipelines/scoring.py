@@ -64,7 +64,7 @@ class ScoringConfig:
     candidate_mode: str = "auto"
     broadcast_max_bytes: int = 512 * 1024 * 1024
     # seen lists (user_histories.item_ids) are broadcast to the scoring tasks up to this bound
-    # (estimated as users x max_history ids); above it they are joined by a shuffle; 0: always
+    # (estimated as users x max_history ids); above it they are joined by a shuffle (0: always)
     seen_broadcast_max_bytes: int = 64 * 1024 * 1024
     shards: int | None = None
     candidate_block: int = CANDIDATE_BLOCK

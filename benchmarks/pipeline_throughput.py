@@ -161,7 +161,7 @@ def raw_torch_loop(world: World) -> tuple[dict[str, float], int]:
         filters=[("model_version", "=", ckpt.model_version)]))
     matrix = candidate_matrix(cand, cfg.n_heads, cfg.n_links, cfg.d_model)
     batch = hist.select(["item_ids", "ts"]).combine_chunks().to_batches()[0]
-    seen = hist.column("item_ids").combine_chunks()
+    seen = batch.column("item_ids")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     # the same vectorised conversion the inference tasks run (Arrow lists -> per-user arrays)

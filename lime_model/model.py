@@ -170,18 +170,18 @@ class HSTUBlock(nn.Module):
         return x + self.dropout(self.proj(F.silu(u) * self.attn_norm(attn)))
 
 
-def attend_history(block: HSTUBlock, q_l: Tensor, x_e: Tensor, xn_e: Tensor,
-                   key_mask: Tensor | None) -> Tensor:
-    """The ``ell x n`` attention links <- history, merged: q_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``,
-    xn_e = ``norm(x_e)``, key_mask ``(B, 1, 1, n)`` bool (True = real item) | None -> ``(B, ell, d)``.
+def attend_history(block: HSTUBlock, q_l: Tensor, xn_e: Tensor, key_mask: Tensor | None) -> Tensor:
+    """The ``ell x n`` attention links <- history, merged: q_l ``(B or 1, ell, d)``,
+    xn_e = ``norm(x_e)`` ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` bool (True = real item) | None
+    -> ``(B, ell, d)``.
 
     For long histories (and few links) the history's K and V are never computed
     (:meth:`HSTUBlock.attend_folded`, :meth:`HSTUBlock.folds`).
     """
-    if block.folds(q_l.shape[1], x_e.shape[1]):
+    if block.folds(q_l.shape[1], xn_e.shape[1]):
         return block.attend_folded(q_l, xn_e, key_mask)
     k_e, v_e = block.project_normed(xn_e, "kv")  # (B, n, d) x 2
-    q = block.heads(q_l).expand(x_e.shape[0], -1, -1, -1)  # (B, H, ell, d_h)
+    q = block.heads(q_l).expand(xn_e.shape[0], -1, -1, -1)  # (B, H, ell, d_h)
     return block.merge(F.scaled_dot_product_attention(q, block.heads(k_e), block.heads(v_e),
                                                       attn_mask=key_mask))  # (B, ell, d)
 
@@ -193,7 +193,7 @@ def links_from_history(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Ten
     or None when no column is padding -> new x_l ``(B, ell, d)``.
     """
     u_l, q_l = block.project(x_l, "uq")  # (B|1, ell, d) x 2
-    attn = attend_history(block, q_l, x_e, block.norm(x_e), key_mask)  # (B, ell, d)
+    attn = attend_history(block, q_l, block.norm(x_e), key_mask)  # (B, ell, d)
     return block.output(x_l, u_l, attn)  # (B, ell, d)
 
 
@@ -208,7 +208,7 @@ def xor_block(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | Non
     u_l, q_l, k_l, v_l = block.project(x_l)  # (B|1, ell, d) x 4
     xn_e = block.norm(x_e)  # (B, n, d)
     u_e, q_e = block.project_normed(xn_e, "uq")  # (B, n, d) x 2
-    a_l = attend_history(block, q_l, x_e, xn_e, key_mask)  # (B, ell, d)
+    a_l = attend_history(block, q_l, xn_e, key_mask)  # (B, ell, d)
     a_e = F.scaled_dot_product_attention(
         block.heads(q_e), block.heads(k_l).expand(batch, -1, -1, -1),
         block.heads(v_l).expand(batch, -1, -1, -1))  # (B, H, n, d_h)

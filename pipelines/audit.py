@@ -56,7 +56,7 @@ class AuditRecord:
 
     def to_arrow(self) -> pa.Table:
         finished = dt.datetime.now(dt.UTC)
-        self.metrics.setdefault("seconds_total", round(time.perf_counter() - self._t0, 3))
+        self.metrics.setdefault("seconds_total", round(self.elapsed(), 3))
         row = {
             "ds": self.ds, "job": self.job, "run_id": self.run_id, "status": self.status,
             "model_version": self.model_version, "started_at": self.started_at, "finished_at": finished,

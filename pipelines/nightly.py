@@ -256,11 +256,14 @@ def catalogue_size(ctx: RunContext) -> int:
 
 
 # --- infer_user_links -------------------------------------------------------------------------------
-def _require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> None:
+def _require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> int:
+    """The partition's row count (from the table log); an empty or missing partition is an error."""
     spec = {USER_HISTORIES.name: USER_HISTORIES, USER_LINKS.name: USER_LINKS,
             USER_CANDIDATES.name: USER_CANDIDATES}[spec_name]
-    if ctx.store.partition_rows(spec, {"ds": ctx.ds}) == 0:
+    rows = ctx.store.partition_rows(spec, {"ds": ctx.ds})
+    if rows == 0:
         raise PartitionNotFoundError(spec_name, {"ds": ctx.ds}, hint=f"; run {stage_hint} for ds={ctx.ds} first")
+    return rows
 
 
 def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
@@ -321,7 +324,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         done = _already_done(ctx, record, RECOMMENDATIONS.name, app_id)
         if done:
             return done
-        _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
+        history_rows = _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
         histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
         if (ctx.store.partition_rows(USER_LINKS, {"ds": ctx.ds}) == 0
                 and histories.where(F.col("n") > 0).limit(1).count() > 0):
@@ -355,7 +358,6 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         seen = histories.select("user_id", F.col("item_ids").alias("seen"))
         # the seen lists ride along with each user's L_P: broadcast them while they are small (at most
         # max_history ids per user), so L_P is never shuffled for the join
-        history_rows = ctx.store.partition_rows(USER_HISTORIES, {"ds": ctx.ds})
         seen_broadcast = history_rows * (8 * mc.max_history + 24) <= cfg.seen_broadcast_max_bytes
         users = links.select("user_id", "l_p").join(F.broadcast(seen) if seen_broadcast else seen,
                                                     "user_id", "left")

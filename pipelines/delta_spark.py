@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -90,6 +90,13 @@ class DeltaSparkStore:
         if self._jtable(spec) is None:
             return 0
         return int(self.read(spec, partition=partition, allow_extra_columns=True).count())
+
+    def column_bounds(
+        self, spec: TableSpec, column: str, partition: Mapping[str, str] | None = None
+    ) -> tuple[Any, Any] | None:
+        """Not read from delta-spark's log here (its statistics sit behind JVM internals): None,
+        so callers scan."""
+        return None
 
     def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int:
         df = self.read_table(name)

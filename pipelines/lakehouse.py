@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -172,6 +172,10 @@ class TableStore(Protocol):
     def table_id(self, spec: TableSpec) -> str | None: ...
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
+
+    def column_bounds(
+        self, spec: TableSpec, column: str, partition: Mapping[str, str] | None = None
+    ) -> tuple[Any, Any] | None: ...
 
     def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int: ...
 
@@ -356,6 +360,31 @@ class DeltaRsStore:
         values = actions.column("partition").to_pylist()
         return int(sum(r or 0 for r, v in zip(rows, values, strict=True)
                        if v is not None and all(v.get(k) == want for k, want in partition.items())))
+
+    def column_bounds(
+        self, spec: TableSpec, column: str, partition: Mapping[str, str] | None = None
+    ) -> tuple[Any, Any] | None:
+        """(min, max) of a non-null integer or string ``column`` over the partition, from the log's
+        file statistics (no scan).  None when they cannot say: the partition has no file, or a
+        file lacks the statistic or holds nulls in ``column``; the caller then scans."""
+        table = self._load(spec)
+        if table is None:
+            return None
+        actions = pa.table(table.get_add_actions(flatten=True))
+        names = (f"min.{column}", f"max.{column}", f"null_count.{column}")
+        if actions.num_rows == 0 or any(n not in actions.column_names for n in names):
+            return None
+        lows, highs, nulls = (actions.column(n).to_pylist() for n in names)
+        keep = [True] * actions.num_rows
+        for key, want in (partition or {}).items():
+            if f"partition.{key}" not in actions.column_names:
+                return None
+            keep = [k and v == want for k, v in zip(keep, actions.column(f"partition.{key}").to_pylist(),
+                                                     strict=True)]
+        picked = [(lo, hi, nc) for lo, hi, nc, k in zip(lows, highs, nulls, keep, strict=True) if k]
+        if not picked or any(lo is None or hi is None or nc != 0 for lo, hi, nc in picked):
+            return None
+        return min(lo for lo, _, _ in picked), max(hi for _, hi, _ in picked)
 
     def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int:
         """Rows in the files selected by partition filters, from the log's statistics (no scan)."""

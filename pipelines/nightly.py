@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,7 @@ from pipelines.schemas import (
     USER_CANDIDATES,
     USER_HISTORIES,
     USER_LINKS,
+    TableSpec,
 )
 
 if TYPE_CHECKING:
@@ -310,6 +311,21 @@ def _candidate_count(ctx: RunContext) -> int:
     return rows
 
 
+def _longest_history(ctx: RunContext) -> int | None:
+    """max(n) of user_histories(ds) from the log's file statistics (None: unknown, the gate scans)."""
+    bounds = ctx.store.column_bounds(USER_HISTORIES, "n", {"ds": ctx.ds})
+    return None if bounds is None else int(bounds[1])
+
+
+def _distinct_values(ctx: RunContext, spec: TableSpec, df: DataFrame, column: str) -> list[Any]:
+    """Sorted distinct values of ``column`` in partition ``ds`` of ``spec`` (read as ``df``): from
+    the log's file statistics when they show one value, else by a Spark scan."""
+    bounds = ctx.store.column_bounds(spec, column, {"ds": ctx.ds})
+    if bounds is not None and bounds[0] == bounds[1]:
+        return [bounds[0]]
+    return sorted(r[column] for r in df.select(column).distinct().collect())
+
+
 def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -332,7 +348,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             raise PartitionNotFoundError("user_links", {"ds": ctx.ds},
                                          hint=f"; run infer-user-links for ds={ctx.ds} first")
         links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
-        versions = sorted(r.model_version for r in links.select("model_version").distinct().collect())
+        versions = _distinct_values(ctx, USER_LINKS, links, "model_version")
         if versions and versions != [ctx.model_version]:
             raise ModelVersionMismatchError(
                 f"table 'user_links' (ds={ctx.ds}) holds model_version {versions}, but the checkpoint "
@@ -395,7 +411,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                 report = _timed(record, "gate", lambda: check_recommendations(
                     recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
                     exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates,
-                    catalogue_size=len(candidate_ids), link_versions=versions))
+                    catalogue_size=len(candidate_ids), link_versions=versions,
+                    longest_history=_longest_history(ctx)))
             except Exception as exc:
                 reraise_task_error(exc)
                 raise

@@ -71,6 +71,7 @@ def check_recommendations(
     user_candidates: DataFrame | None = None,
     catalogue_size: int | None = None,
     link_versions: list[str] | None = None,
+    longest_history: int | None = None,
 ) -> QualityReport:
     """Gate ``recs`` (recommendations rows of ``ds``) against the run's inputs.
 
@@ -78,9 +79,9 @@ def check_recommendations(
     the candidate table; ``user_links``: user_links(ds), to check its model_version too;
     ``user_candidates``: (user_id, item_ids) per-user candidate lists when scoring used them
     (those users' eligible items are their list's catalogue items, minus seen ones).
-    A user with no eligible candidate at all may have no row.  ``catalogue_size`` and
-    ``link_versions`` (distinct model versions of user_links) spare a scan when the caller
-    already knows them.
+    A user with no eligible candidate at all may have no row.  ``catalogue_size``,
+    ``link_versions`` (distinct model versions of user_links) and ``longest_history`` (max ``n``
+    of ``histories``) spare a scan when the caller already knows them.
     """
     from pyspark.sql import functions as F
 
@@ -101,7 +102,8 @@ def check_recommendations(
         F.max("source").alias("source_max"),
     )
     # seen items can only shorten a list when the catalogue minus the longest history is below K
-    longest = int(histories.agg(F.max("n")).head()[0] or 0)
+    longest = (longest_history if longest_history is not None
+               else int(histories.agg(F.max("n")).head()[0] or 0))
     seen_matters = exclude_seen and catalogue - longest < top_k
     users = histories.select("user_id", "n", *(["item_ids"] if seen_matters else []))
     if seen_matters:

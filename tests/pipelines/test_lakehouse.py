@@ -87,6 +87,20 @@ def test_empty_partition_reads_as_empty_frame_with_schema(spark, store) -> None:
     assert df.columns == RECOMMENDATIONS.column_names
 
 
+def test_column_bounds_come_from_the_file_statistics_of_the_partition(store) -> None:
+    assert store.column_bounds(RECOMMENDATIONS, "user_id") is None  # no table yet
+    store.write_arrow(recs("2024-01-01", range(2, 6), version="v1"), RECOMMENDATIONS, mode="append", app_id="a")
+    store.write_arrow(recs("2024-01-01", range(9, 11), version="v1"), RECOMMENDATIONS, mode="append", app_id="b")
+    store.write_arrow(recs("2024-01-02", range(0, 3), version="v2"), RECOMMENDATIONS, mode="append", app_id="c")
+    day1 = {"ds": "2024-01-01"}
+    assert store.column_bounds(RECOMMENDATIONS, "user_id", day1) == (2, 10)  # over both files
+    assert store.column_bounds(RECOMMENDATIONS, "model_version", day1) == ("v1", "v1")
+    assert store.column_bounds(RECOMMENDATIONS, "model_version") == ("v1", "v2")
+    assert store.column_bounds(RECOMMENDATIONS, "user_id", {"ds": "2024-01-09"}) is None  # no file
+    assert store.column_bounds(RECOMMENDATIONS, "score", day1) is None  # floats carry no min/max here
+    assert store.column_bounds(RECOMMENDATIONS, "no_such_column", day1) is None
+
+
 def test_retry_with_same_app_id_adds_nothing(spark, store) -> None:
     df = spark.createDataFrame(recs("2024-01-01", range(4)))
     first = store.write(df, RECOMMENDATIONS, mode="append", app_id="nightly:2024-01-01:run-7")

@@ -11,7 +11,8 @@ length class.
 
 Spark's ``repartition(P, col)`` places a row in ``pmod(murmur3(col), P)``;
 :func:`partition_keys` finds, for each target partition ``j``, a key that hashes
-to ``j``, so the assignment is exact.
+to ``j`` (Spark's Murmur3 computed on the driver, :func:`spark_hash_long`), so the assignment
+is exact.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame
 
 
 def snake_partition(position: np.ndarray, partitions: int) -> np.ndarray:
@@ -41,22 +42,44 @@ def class_offsets(length_counts: Mapping[int, int]) -> dict[int, int]:
     return offsets
 
 
-def partition_keys(spark: SparkSession, partitions: int) -> list[int]:
-    """``keys[j]`` is a bigint whose Spark hash partition among ``partitions`` is ``j``."""
-    from pyspark.sql import functions as F
+_M32 = np.uint64(0xFFFFFFFF)
 
+
+def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
+    return ((x << np.uint64(r)) | (x >> np.uint64(32 - r))) & _M32
+
+
+def _mix(h1: np.ndarray, k1: np.ndarray) -> np.ndarray:
+    k1 = (k1 * np.uint64(0xCC9E2D51)) & _M32
+    k1 = (_rotl32(k1, 15) * np.uint64(0x1B873593)) & _M32
+    h1 = _rotl32(h1 ^ k1, 13)
+    return (h1 * np.uint64(5) + np.uint64(0xE6546B64)) & _M32
+
+
+def spark_hash_long(values: np.ndarray, seed: int = 42) -> np.ndarray:
+    """Spark's ``hash(col)`` of bigint values (Murmur3_x86_32.hashLong with its seed 42), as int32."""
+    v = values.astype(np.int64).view(np.uint64)
+    h1 = _mix(np.full(v.shape, seed, np.uint64), v & _M32)  # low word, then high word
+    h1 = _mix(h1, v >> np.uint64(32))
+    h1 ^= np.uint64(8)  # fmix(h1, length=8)
+    h1 ^= h1 >> np.uint64(16)
+    h1 = (h1 * np.uint64(0x85EBCA6B)) & _M32
+    h1 ^= h1 >> np.uint64(13)
+    h1 = (h1 * np.uint64(0xC2B2AE35)) & _M32
+    h1 ^= h1 >> np.uint64(16)
+    return h1.astype(np.uint32).view(np.int32)
+
+
+def partition_keys(partitions: int) -> list[int]:
+    """``keys[j]`` is a bigint whose Spark hash partition among ``partitions`` is ``j``
+    (``pmod(hash(key), partitions) == j``), found on the driver without a Spark job."""
     found: dict[int, int] = {}
     span = 64 * partitions
     start = 0
     while len(found) < partitions:
-        rows = (
-            spark.range(start, start + span)
-            .select("id", F.pmod(F.hash("id"), F.lit(partitions)).alias("p"))
-            .groupBy("p").agg(F.min("id").alias("id"))
-            .collect()
-        )
-        for row in rows:
-            found.setdefault(int(row.p), int(row.id))
+        ids = np.arange(start, start + span, dtype=np.int64)
+        for key, part in zip(ids.tolist(), np.mod(spark_hash_long(ids), partitions).tolist(), strict=True):
+            found.setdefault(part, key)
         start += span
     return [found[j] for j in range(partitions)]
 
@@ -67,12 +90,11 @@ def token_balanced(histories: DataFrame, partitions: int, length_col: str = "n")
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    spark = histories.sparkSession
     counts = {int(r[length_col]): int(r["count"]) for r in histories.groupBy(length_col).count().collect()}
     if not counts:
         return histories.repartition(partitions)
     offsets = class_offsets(counts)
-    keys = partition_keys(spark, partitions)
+    keys = partition_keys(partitions)
     offset_expr = F.element_at(
         F.create_map(*[x for n, o in offsets.items() for x in (F.lit(n), F.lit(o))]), F.col(length_col)
     )

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pipelines.errors import TableNotFoundError
 from pipelines.lakehouse import (
     _TXN_VERSION,
+    ArrowTask,
     CommitResult,
     WriteMode,
     _check_partition_arg,
@@ -162,6 +163,23 @@ class DeltaSparkStore:
         writer.save(self.uri(spec.name))
         version = self.version(spec) or 0
         return CommitResult(spec.name, version, -1, -1, skipped=False)
+
+    def write_mapped(
+        self,
+        df: DataFrame,
+        task: ArrowTask,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult:
+        """delta-spark writes rows from the JVM: ``df.mapInArrow(task)`` goes through :meth:`write`."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        return self.write(df.mapInArrow(task, from_arrow_schema(spec.schema)), spec, mode=mode, app_id=app_id,
+                          partition=partition, metadata=metadata)
 
     def write_arrow(
         self,

@@ -4,7 +4,9 @@
   similar token counts (:mod:`pipelines.partitioning`), sorted by length inside;
 * each task runs on the GPU Spark assigned to it, else on CPU with bounded threads
   (:mod:`pipelines.model_runtime`), with the model loaded once per Python worker;
-* histories arrive and ``L_P`` leaves as Arrow arrays (``mapInArrow``), never as Python rows.
+* histories arrive as Arrow arrays (``mapInArrow``), never as Python rows, and each task writes
+  its ``L_P`` rows to its own Parquet files (``TableStore.write_mapped``): they never pass
+  through the JVM.
 
 Every task reports one :class:`TaskRecord` (GPU addresses, device, users, tokens,
 seconds) through an accumulator; the job keeps them in its audit record.
@@ -103,7 +105,9 @@ def l_p_array(l_p: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(l_p.reshape(-1), pa.float32()))
 
 
-def _inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
+def inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
+    """mapInArrow function: a partition of :func:`inference_input` -> its ``user_links`` batches."""
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import os
 
@@ -144,14 +148,13 @@ def _inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
     return run
 
 
-def infer_user_links(histories: DataFrame, cfg: InferenceConfig, ds: str, records: Accumulator,
-                     partitions: int) -> DataFrame:
-    """``user_links`` rows for every user of ``histories`` with ``n > 0`` (lazy)."""
+def inference_input(histories: DataFrame, partitions: int) -> DataFrame:
+    """The users of ``histories`` with ``n > 0``, token-balanced into ``partitions`` (lazy); each
+    partition is one :func:`inference_task`, whose rows the table layer writes from the task
+    itself (``TableStore.write_mapped``)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
 
     from pipelines.partitioning import token_balanced
 
     usable = histories.where(F.col("n") > 0).select("user_id", "item_ids", "ts", "n")
-    balanced = token_balanced(usable, partitions)
-    return balanced.mapInArrow(_inference_task(cfg, ds, records), from_arrow_schema(USER_LINKS.schema))
+    return token_balanced(usable, partitions)

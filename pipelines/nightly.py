@@ -268,8 +268,7 @@ def _require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> int:
 
 
 def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
-    from pipelines.inference import TaskRecords
-    from pipelines.inference import infer_user_links as infer
+    from pipelines.inference import TaskRecords, inference_input, inference_task
 
     app_id = ctx.app_id(INFER_USER_LINKS)
     with audited(ctx.store, INFER_USER_LINKS, ctx.ds, ctx.run_id) as record:
@@ -281,10 +280,10 @@ def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
         histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
         records = ctx.spark.sparkContext.accumulator([], TaskRecords())
         partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
-        links = infer(histories, cfg, ctx.ds, records, partitions)
-        commit = _timed(record, "infer_and_write", lambda: ctx.store.write(
-            links, USER_LINKS, mode="overwrite", partition={"ds": ctx.ds}, app_id=app_id,
-            metadata={"model_version": ctx.model_version}))
+        users = inference_input(histories, partitions)
+        commit = _timed(record, "infer_and_write", lambda: ctx.store.write_mapped(
+            users, inference_task(cfg, ctx.ds, records), USER_LINKS, mode="overwrite", partition={"ds": ctx.ds},
+            app_id=app_id, metadata={"model_version": ctx.model_version}))
         assert isinstance(commit, CommitResult)
         tasks = sorted(records.value, key=lambda r: (r["partition"], r["attempt"]))
         record.count("users", sum(int(t["users"]) for t in tasks))

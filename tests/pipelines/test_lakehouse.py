@@ -101,6 +101,28 @@ def test_column_bounds_come_from_the_file_statistics_of_the_partition(store) -> 
     assert store.column_bounds(RECOMMENDATIONS, "no_such_column", day1) is None
 
 
+def test_write_mapped_commits_what_each_task_makes_and_checks_its_schema(spark, store) -> None:
+    users = spark.createDataFrame(pa.table({"u": pa.array(range(7), pa.int64())})).repartition(3)
+
+    def make_recs(batches):
+        for batch in batches:
+            yield from recs("2024-01-01", batch.column("u").to_pylist()).to_batches()
+
+    result = store.write_mapped(users, make_recs, RECOMMENDATIONS, mode="append", app_id="mapped")
+    assert (result.rows, result.skipped) == (7, False)
+    assert spark_rows(store.read(RECOMMENDATIONS)) == as_rows(recs("2024-01-01", range(7)))
+    assert store.write_mapped(users, make_recs, RECOMMENDATIONS, mode="append", app_id="mapped").skipped
+
+    def without_source(batches):
+        for batch in make_recs(batches):
+            yield batch.drop_columns(["source"])
+
+    before = store.version(RECOMMENDATIONS)
+    with pytest.raises(SchemaMismatchError, match=r"recommendations.*source"):
+        store.write_mapped(users, without_source, RECOMMENDATIONS, mode="append", app_id="bad")
+    assert store.version(RECOMMENDATIONS) == before
+
+
 def test_retry_with_same_app_id_adds_nothing(spark, store) -> None:
     df = spark.createDataFrame(recs("2024-01-01", range(4)))
     first = store.write(df, RECOMMENDATIONS, mode="append", app_id="nightly:2024-01-01:run-7")

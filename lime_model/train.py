@@ -71,13 +71,16 @@ class TrainConfig:
 
 
 # Per-model settings chosen on the ML-100K validation split (best validation NDCG@10 over a
-# small grid: dropout {0.1, 0.2} x time gaps {off, on} x lr {2e-3, 4e-3}; docs/model.md), never
-# on test.  lime-mha reuses the lime-xor settings (not tuned on its own).
-_LIME = {"model": {"dropout": 0.1, "use_time_gaps": False}, "train": {"epochs": 30, "lr": 2e-3}}
+# small grid: dropout {0.1, 0.2} x time gaps {off, on} x lr {2e-3, 4e-3}, then depth {2, 3} for
+# both attention models, and 32 vs 64 links; docs/model.md), never on test.  lime-mha reuses the
+# lime-xor settings (not tuned on its own).  ModelConfig's own n_layers default (2) stays what the
+# speed benchmarks and synthetic checkpoints use.
+_LIME = {"model": {"dropout": 0.1, "use_time_gaps": False, "n_layers": 3}, "train": {"epochs": 30, "lr": 2e-3}}
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lime-xor": _LIME,
     "lime-mha": _LIME,
-    "full-attention": {"model": {"dropout": 0.1, "use_time_gaps": True}, "train": {"epochs": 20, "lr": 4e-3}},
+    "full-attention": {"model": {"dropout": 0.1, "use_time_gaps": True, "n_layers": 3},
+                       "train": {"epochs": 20, "lr": 4e-3}},
     "popularity": {"model": {}, "train": {}},
 }
 

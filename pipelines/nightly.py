@@ -374,28 +374,37 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         # the seen lists ride along with each user's L_P: broadcast them while they are small (at most
         # max_history ids per user), so L_P is never shuffled for the join
         seen_broadcast = history_rows * (8 * mc.max_history + 24) <= cfg.seen_broadcast_max_bytes
-        users = links.select("user_id", "l_p").join(F.broadcast(seen) if seen_broadcast else seen,
-                                                    "user_id", "left")
-        user_candidates = None
-        if cfg.per_user_candidates:
-            _require_partition(ctx, USER_CANDIDATES.name, "the retrieval job that writes user_candidates")
-            user_candidates = ctx.store.read(USER_CANDIDATES, partition={"ds": ctx.ds}).select("user_id", "item_ids")
-            users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
-            listed = user_candidates.join(links.select("user_id"), "user_id", "left_semi").count()
-            record.count("users_with_own_candidates", listed)
-        # Scoring tasks on every core.  With the seen lists broadcast they follow user_links' file
-        # splits (infer_user_links writes one token-balanced file per partition) when those are at
-        # least one per core; otherwise (a shuffle join, whose partitions AQE coalesces, or too few
-        # splits) users are repartitioned evenly, which moves each user's L_P once more.
         cores = max(1, ctx.spark.sparkContext.defaultParallelism)
-        splits = links.rdd.getNumPartitions()
-        keep_splits = seen_broadcast and user_candidates is None and splits >= cores
-        scored = users if keep_splits else users.repartition(2 * cores)
+        link_files = ctx.store.file_uris(USER_LINKS, partition={"ds": ctx.ds}) \
+            if ctx.store.engine == "delta-rs" else []
+        # Scoring tasks on every core.  With the seen lists broadcast and at least one user_links file
+        # per core (infer_user_links writes one token-balanced file per partition), each task reads
+        # its file itself (scoring.LinkFiles): L_P never becomes Spark rows.  Otherwise (a shuffle
+        # join, per-user candidate lists, too few files, delta-spark) users are joined in Spark and
+        # repartitioned evenly, which moves each user's L_P once more.
+        direct = seen_broadcast and not cfg.per_user_candidates and len(link_files) >= cores
+        user_candidates = None
+        reader = None
+        if direct:
+            seen_table = ctx.spark.sparkContext.broadcast(seen.toArrow()) if cfg.exclude_seen else None
+            reader = s.LinkFiles(seen_table)
+            scored = s.link_file_rows(ctx.spark, link_files)
+        else:
+            users = links.select("user_id", "l_p").join(F.broadcast(seen) if seen_broadcast else seen,
+                                                        "user_id", "left")
+            if cfg.per_user_candidates:
+                _require_partition(ctx, USER_CANDIDATES.name, "the retrieval job that writes user_candidates")
+                user_candidates = ctx.store.read(USER_CANDIDATES, partition={"ds": ctx.ds}).select(
+                    "user_id", "item_ids")
+                users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
+                listed = user_candidates.join(links.select("user_id"), "user_id", "left_semi").count()
+                record.count("users_with_own_candidates", listed)
+            scored = users.repartition(2 * cores)
         record.metrics.update(seen_join="broadcast" if seen_broadcast else "shuffle",
-                              scoring_partitions=splits if keep_splits else 2 * cores,
-                              scoring_repartitioned=not keep_splits)
+                              scoring_input="link_files" if direct else "spark_join",
+                              scoring_partitions=len(link_files) if direct else 2 * cores)
         model_rows = s.model_topk(scored, cfg, mode=mode, candidate_ids=candidate_ids,
-                                  broadcast=broadcast, files=files, shards=shards)
+                                  broadcast=broadcast, files=files, shards=shards, reader=reader)
         popular = s.popular_items(histories, candidate_ids, cfg.top_k)
         record.metrics["popular_items"] = [p[1] for p in popular]
         # scored once, read twice (gate, write); on local disk so memory does not grow with users

@@ -45,7 +45,7 @@ def world(spark, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "store": store, "ckpt": ckpt, "ctx": ctx, "scoring": scoring, "cfg": cfg}
 
 
-def reference(world: dict) -> pd.DataFrame:
+def reference(world: dict, exclude_seen: bool = True) -> pd.DataFrame:
     """Recommendations computed directly with lime_model from the raw events (pandas, no Spark)."""
     ckpt = load_checkpoint(world["ckpt"])
     model = build_model(ckpt)
@@ -68,7 +68,8 @@ def reference(world: dict) -> pd.DataFrame:
         t = torch.from_numpy(seconds)[None]
         with torch.inference_mode():
             scores = model.forward_scores(h, t, cand_idx)[0].double().numpy()
-        scores[np.isin(cands, hist.item_id.to_numpy())] = -np.inf
+        if exclude_seen:
+            scores[np.isin(cands, hist.item_id.to_numpy())] = -np.inf
         order = np.lexsort((cands, -scores))[:K]
         rows += [(int(user), r + 1, int(cands[i]), float(scores[i])) for r, i in enumerate(order)]
     return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
@@ -113,8 +114,8 @@ def test_sharded_candidates_give_the_same_lists(world: dict, spark) -> None:
                             shards=3, candidate_block=50)
     result = nightly.score_topk(ctx, sharded)
     assert result.metrics["candidate_mode"] == "sharded" and result.metrics["shards"] == 3
-    # the small default world: seen lists broadcast, scoring follows user_links' file splits
-    assert result.metrics["seen_join"] == "broadcast" and result.metrics["scoring_repartitioned"] is False
+    # the small default world: seen lists broadcast, each task reads one user_links file itself
+    assert result.metrics["seen_join"] == "broadcast" and result.metrics["scoring_input"] == "link_files"
     after = written(world)
     pd.testing.assert_frame_equal(before.drop(columns="score"), after.drop(columns="score"))
     np.testing.assert_allclose(before.score, after.score, rtol=1e-6)
@@ -127,7 +128,7 @@ def test_seen_lists_joined_by_a_shuffle_give_the_same_lists(world: dict, spark) 
     cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, seen_broadcast_max_bytes=0)
     result = nightly.score_topk(ctx, cfg)
     assert result.metrics["seen_join"] == "shuffle"
-    assert result.metrics["scoring_repartitioned"] is True
+    assert result.metrics["scoring_input"] == "spark_join"
     assert result.metrics["scoring_partitions"] == 2 * spark.sparkContext.defaultParallelism
     after = written(world)
     pd.testing.assert_frame_equal(before.drop(columns="score"), after.drop(columns="score"))
@@ -225,3 +226,23 @@ def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark
     expected = full[~full.user_id.isin(list(lists))].reset_index(drop=True)
     pd.testing.assert_frame_equal(others[["user_id", "rank", "item_id"]], expected[["user_id", "rank", "item_id"]],
                                   check_dtype=False)
+
+
+def test_seen_items_are_kept_when_not_excluded(world: dict, spark) -> None:
+    """--include-seen: tasks reading user_links' files get no seen lists and score every candidate."""
+    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-include-seen", str(world["ckpt"]))
+    cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, exclude_seen=False)
+    try:
+        result = nightly.score_topk(ctx, cfg)
+        assert result.metrics["scoring_input"] == "link_files"
+        got = written(world)
+        model_rows = got[got.source == "model"].reset_index(drop=True)
+        expected = reference(world, exclude_seen=False)
+        pd.testing.assert_frame_equal(model_rows[["user_id", "rank", "item_id"]],
+                                      expected[["user_id", "rank", "item_id"]], check_dtype=False)
+        histories = DeltaTable(str(world["store"].uri("user_histories"))).to_pandas()
+        seen = {(u, int(i)) for u, items in zip(histories.user_id, histories.item_ids, strict=True) for i in items}
+        assert any((u, i) in seen for u, i in zip(model_rows.user_id, model_rows.item_id, strict=True))
+    finally:  # the other tests read the default lists
+        restore = nightly.RunContext.open(spark, world["store"], DS, "run-restore", str(world["ckpt"]))
+        nightly.score_topk(restore, world["scoring"])

@@ -14,6 +14,7 @@ from pipelines.candidates import CandidateMatrix, candidate_matrix
 from pipelines.errors import ConfigError, EmptyCatalogueError, NonFiniteValueError, TopKTooLargeError
 from pipelines.partitioning import class_offsets, snake_partition
 from pipelines.scoring import (
+    LinkFiles,
     ScoringConfig,
     check_top_k,
     plan_mode,
@@ -108,3 +109,28 @@ def test_snake_partition_balances_sorted_lengths() -> None:
     tokens = np.bincount(parts, weights=lengths, minlength=7)
     assert tokens.max() - tokens.min() <= lengths.max()
     assert class_offsets({3: 5, 10: 2, 1: 4}) == {10: 0, 3: 2, 1: 7}
+
+
+def test_link_files_stream_each_file_with_its_users_seen_lists(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    paths = []
+    for f, users in enumerate(([3, 1, 7], [5])):
+        table = pa.table({"model_version": ["v"] * len(users), "user_id": pa.array(users, pa.int64()),
+                          "l_p": pa.array([[float(u)] * 4 for u in users], pa.list_(pa.float32()))})
+        paths.append((tmp_path / f"part-{f}.parquet").as_uri())
+        pq.write_table(table, tmp_path / f"part-{f}.parquet")
+    seen = pa.table({"user_id": pa.array([7, 3, 5], pa.int64()),
+                     "seen": pa.array([[70], [30, 31], []], pa.list_(pa.int64()))})
+
+    class Broadcast:
+        value = seen
+
+    tasks = [pa.RecordBatch.from_pydict({"path": paths})]
+    out = pa.Table.from_batches(list(LinkFiles(Broadcast(), batch_rows=2)(iter(tasks))))
+    assert out.column_names == ["user_id", "l_p", "seen"]
+    assert out.column("user_id").to_pylist() == [3, 1, 7, 5]
+    assert out.column("seen").to_pylist() == [[30, 31], None, [70], []]  # user 1 has no history row
+    assert out.column("l_p").to_pylist()[2] == [7.0] * 4
+    plain = pa.Table.from_batches(list(LinkFiles(None)(iter(tasks))))
+    assert plain.column_names == ["user_id", "l_p"] and plain.num_rows == 4

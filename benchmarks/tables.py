@@ -22,9 +22,11 @@ def pipeline_tables(data: dict) -> str:
     targets = {"vs_raw_torch": ">= 0.8", "vs_naive_spark": ">= 20", "vs_mllib_als": ">= 1",
                "mllib_topk_identical": "true", "memory_ratio_10x_users": "<= 1.3"}
     lines = ["| key | measured | target |", "|---|---|---|"]
+    exact = {"vs_raw_torch": data.get("limit", {}).get("vs_raw_torch")}  # the summary rounds to 3 places
     for key, target in targets.items():
         if key in s:
-            lines.append(f"| `{key}` | {json.dumps(s[key])} | {target} |")
+            shown = f"{exact[key]:.5f}" if exact.get(key) is not None else json.dumps(s[key])
+            lines.append(f"| `{key}` | {shown} | {target} |")
     out = "\n".join(lines)
     details = []
     if "limit" in data:
@@ -51,8 +53,12 @@ def pipeline_tables(data: dict) -> str:
                        f"recommendForAllUsers {ml['mllib_seconds']:.1f} s, ours {ml['ours_seconds']:.1f} s")
     if "memory" in data:
         mem = data["memory"]
-        details.append(f"- memory: {mem['n']['users']} users -> {mem['n']['peak_rss_bytes'] / 2**20:.0f} MiB, "
-                       f"{mem['10n']['users']} users -> {mem['10n']['peak_rss_bytes'] / 2**20:.0f} MiB peak")
+        line = (f"- memory: {mem['n']['users']} users -> {mem['n']['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                f"{mem['10n']['users']} users -> {mem['10n']['peak_rss_bytes'] / 2**20:.0f} MiB peak")
+        if "peak_rss_bytes_all" in mem["n"]:
+            every = ["/".join(f"{b / 2**20:.0f}" for b in mem[k]["peak_rss_bytes_all"]) for k in ("n", "10n")]
+            line += f" (median of {mem['probes']} probes; all: {'; '.join(every)} MiB)"
+        details.append(line)
     if details:
         out += "\n\n" + "\n".join(details)
     if "scale" in data:

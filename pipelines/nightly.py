@@ -361,12 +361,14 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         record.metrics.update(candidate_mode=mode, shards=shards, candidates=n_candidates)
         candidates = ctx.store.read(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
         broadcast = None
+        shipped: list[Any] = []  # broadcast variables, destroyed when the stage ends
         files: list[str] = []
         if mode == "broadcast":
             matrix = candidate_matrix(candidates.drop("model_version").toArrow(), mc.n_heads, mc.n_links,
                                       mc.d_model)
             candidate_ids = matrix.item_ids
             broadcast = ctx.spark.sparkContext.broadcast(matrix)
+            shipped.append(broadcast)
         else:
             candidate_ids = np.sort(candidates.select("item_id").toArrow().column("item_id").to_numpy())
             files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
@@ -387,6 +389,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         reader = None
         if direct:
             seen_table = ctx.spark.sparkContext.broadcast(seen.toArrow()) if cfg.exclude_seen else None
+            if seen_table is not None:
+                shipped.append(seen_table)
             reader = s.LinkFiles(seen_table)
             scored = s.link_file_rows(ctx.spark, link_files)
         else:
@@ -431,7 +435,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                 metadata={"model_version": ctx.model_version, "top_k": cfg.top_k}))
         finally:
             recs.unpersist()
-            if broadcast is not None:
-                broadcast.destroy()
+            for shipment in shipped:
+                shipment.destroy()
         assert isinstance(commit, CommitResult)
         return _finish(record, commit)

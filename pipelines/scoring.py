@@ -65,8 +65,9 @@ class ScoringConfig:
     candidate_mode: str = "auto"
     broadcast_max_bytes: int = 512 * 1024 * 1024
     # seen lists (user_histories.item_ids) are broadcast to the scoring tasks up to this bound
-    # (estimated as users x max_history ids); above it they are joined by a shuffle (0: always)
-    seen_broadcast_max_bytes: int = 64 * 1024 * 1024
+    # (estimated as users x max_history ids, an upper bound: ~120k users at max_history 100);
+    # above it they are joined by a shuffle in Spark (0: always), whose L_P rows cost JVM memory
+    seen_broadcast_max_bytes: int = 128 * 1024 * 1024
     shards: int | None = None
     candidate_block: int = CANDIDATE_BLOCK
     user_block: int = 1024

@@ -30,7 +30,6 @@ from pipelines.schemas import (
     USER_CANDIDATES,
     USER_HISTORIES,
     USER_LINKS,
-    TableSpec,
 )
 
 if TYPE_CHECKING:
@@ -316,13 +315,13 @@ def _longest_history(ctx: RunContext) -> int | None:
     return None if bounds is None else int(bounds[1])
 
 
-def _distinct_values(ctx: RunContext, spec: TableSpec, df: DataFrame, column: str) -> list[Any]:
-    """Sorted distinct values of ``column`` in partition ``ds`` of ``spec`` (read as ``df``): from
-    the log's file statistics when they show one value, else by a Spark scan."""
-    bounds = ctx.store.column_bounds(spec, column, {"ds": ctx.ds})
+def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
+    """Sorted distinct model versions of user_links(ds) (read as ``links``): from the log's file
+    statistics when they show one value, else by a Spark scan."""
+    bounds = ctx.store.column_bounds(USER_LINKS, "model_version", {"ds": ctx.ds})
     if bounds is not None and bounds[0] == bounds[1]:
         return [bounds[0]]
-    return sorted(r[column] for r in df.select(column).distinct().collect())
+    return sorted(r.model_version for r in links.select("model_version").distinct().collect())
 
 
 def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
@@ -347,7 +346,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             raise PartitionNotFoundError("user_links", {"ds": ctx.ds},
                                          hint=f"; run infer-user-links for ds={ctx.ds} first")
         links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
-        versions = _distinct_values(ctx, USER_LINKS, links, "model_version")
+        versions = _link_versions(ctx, links)
         if versions and versions != [ctx.model_version]:
             raise ModelVersionMismatchError(
                 f"table 'user_links' (ds={ctx.ds}) holds model_version {versions}, but the checkpoint "

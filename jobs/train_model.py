@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     tuning = parser.add_argument_group("overrides of the documented per-model defaults")
     tuning.add_argument("--d-model", type=_positive(int), default=None)
+    tuning.add_argument("--n-heads", type=_positive(int), default=None)
     tuning.add_argument("--n-links", type=_positive(int), default=None)
     tuning.add_argument("--n-layers", type=_positive(int), default=None)
     tuning.add_argument("--max-history", type=_positive(int), default=None)
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--time-gaps", action=argparse.BooleanOptionalAction, default=None,
                         dest="use_time_gaps", help="add the time-gap embedding to history tokens")
     tuning.add_argument("--lr", type=_positive(float), default=None)
+    tuning.add_argument("--weight-decay", type=float, default=None)
     tuning.add_argument("--batch-size", type=_positive(int), default=None)
     tuning.add_argument("--prefixes-per-user", type=_positive(int), default=None)
     tuning.add_argument("--num-negatives", type=int, default=None)
@@ -86,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = None if args.cpu_budget_minutes is None else args.cpu_budget_minutes * 60.0
         model_cfg, train_cfg = default_configs(
             args.model, vocab.num_indices, epochs=args.epochs, seed=args.seed, d_model=args.d_model,
-            n_links=args.n_links, n_layers=args.n_layers, max_history=args.max_history, dropout=args.dropout,
-            use_time_gaps=args.use_time_gaps, lr=args.lr, batch_size=args.batch_size,
-            prefixes_per_user=args.prefixes_per_user, num_negatives=args.num_negatives, cpu_budget_s=budget)
+            n_heads=args.n_heads, n_links=args.n_links, n_layers=args.n_layers, max_history=args.max_history,
+            dropout=args.dropout, use_time_gaps=args.use_time_gaps, lr=args.lr, weight_decay=args.weight_decay,
+            batch_size=args.batch_size, prefixes_per_user=args.prefixes_per_user,
+            num_negatives=args.num_negatives, cpu_budget_s=budget)
         log.info("training %s: %s; %s", args.model, model_cfg, train_cfg)
         result = train_model(split, model_cfg, train_cfg)
         metadata = {

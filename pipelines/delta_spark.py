@@ -22,6 +22,7 @@ from pipelines.lakehouse import (
     _TXN_VERSION,
     ArrowTask,
     CommitResult,
+    StagedWrite,
     WriteMode,
     _check_partition_arg,
     check_spark_schema,
@@ -136,6 +137,13 @@ class DeltaSparkStore:
         check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=allow_extra_columns)
         return df.where(_where(partition)) if partition else df
 
+    def read_arrow(
+        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
+    ) -> pa.Table:
+        """``columns`` of the table or one partition on the driver (through Spark here)."""
+        wanted = pa.schema([spec.schema.field(c) for c in columns])
+        return self.read(spec, partition=partition).select(*columns).toArrow().cast(wanted)
+
     def write(
         self,
         df: DataFrame,
@@ -163,6 +171,34 @@ class DeltaSparkStore:
         writer.save(self.uri(spec.name))
         version = self.version(spec) or 0
         return CommitResult(spec.name, version, -1, -1, skipped=False)
+
+    def stage(
+        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
+        partition: Mapping[str, str] | None = None,
+    ) -> StagedWrite:
+        """The rows computed once and persisted on local disk (memory does not grow with them);
+        :meth:`commit_staged` writes them in one Delta commit."""
+        from pyspark import StorageLevel
+
+        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
+        target = _check_partition_arg(spec, partition)
+        frame = df.select(*spec.column_names).persist(StorageLevel.DISK_ONLY)
+        try:
+            frame.count()
+        except Exception:
+            frame.unpersist()
+            raise
+        return StagedWrite(spec, mode, app_id, target, frame)
+
+    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult:
+        try:
+            return self.write(staged.frame, staged.spec, mode=staged.mode, app_id=staged.app_id,
+                              partition=staged.partition, metadata=metadata)
+        finally:
+            staged.frame.unpersist()
+
+    def discard_staged(self, staged: StagedWrite) -> None:
+        staged.frame.unpersist()
 
     def write_mapped(
         self,

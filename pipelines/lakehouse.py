@@ -19,6 +19,7 @@ read (:class:`SchemaMismatchError` names the columns).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -80,6 +81,26 @@ class CommitResult:
     files: int
     rows: int
     skipped: bool  # True when this app id had already committed: nothing was written
+
+
+@dataclass(frozen=True)
+class StagedWrite:
+    """Rows written but not committed (:meth:`TableStore.stage`): no reader sees them until
+    :meth:`TableStore.commit_staged`; :meth:`TableStore.discard_staged` drops them.
+
+    ``frame`` reads the staged rows (the table's columns), e.g. for a quality gate before the
+    commit.  delta-rs: ``files`` are the Parquet files written, outside the Delta log, and
+    ``partition_state`` the partition's files when staging began (the commit refuses if
+    another writer changed them).  delta-spark: ``frame`` is the rows persisted on local disk.
+    """
+
+    spec: TableSpec
+    mode: WriteMode
+    app_id: str
+    partition: dict[str, str] | None
+    frame: DataFrame
+    files: tuple[DataFile, ...] = ()
+    partition_state: frozenset[str] | None = None
 
 
 def resolve_root(root: str | os.PathLike[str]) -> str:
@@ -198,6 +219,10 @@ class TableStore(Protocol):
         allow_extra_columns: bool = False,
     ) -> DataFrame: ...
 
+    def read_arrow(
+        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
+    ) -> pa.Table: ...
+
     def write(
         self,
         df: DataFrame,
@@ -231,6 +256,15 @@ class TableStore(Protocol):
         partition: Mapping[str, str] | None = None,
         metadata: Mapping[str, object] | None = None,
     ) -> CommitResult: ...
+
+    def stage(
+        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
+        partition: Mapping[str, str] | None = None,
+    ) -> StagedWrite: ...
+
+    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult: ...
+
+    def discard_staged(self, staged: StagedWrite) -> None: ...
 
 
 def _partition_filters(partition: Mapping[str, str] | None) -> list[tuple[str, str, str]] | None:
@@ -342,15 +376,19 @@ class DeltaRsStore:
         self, name: str, *, version: int | None = None, partition: Mapping[str, str] | None = None
     ) -> DataFrame:
         """Any table by name, with whatever schema it has (inputs owned by other teams)."""
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        assert self.spark is not None, "reading into Spark needs a session"
         spec = TableSpec(name, pa.schema([]))
         table = self.delta_table(spec, version)
         self._check_readable(spec, table)
         schema = pa.schema(table.schema().to_arrow())
-        spark_schema = from_arrow_schema(schema)
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
+        return self._read_files(name, schema, files)
+
+    def _read_files(self, name: str, schema: pa.Schema, files: Sequence[str]) -> DataFrame:
+        """The rows of table ``name``'s data ``files`` (partition values from their folders)."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        assert self.spark is not None, "reading into Spark needs a session"
+        spark_schema = from_arrow_schema(schema)
         if not files:
             return self.spark.createDataFrame([], spark_schema)
         return (
@@ -359,6 +397,27 @@ class DeltaRsStore:
             .parquet(*files)
             .select(*schema.names)  # partition columns back in the table's column order
         )
+
+    def read_arrow(
+        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
+    ) -> pa.Table:
+        """``columns`` (not partition columns) of the table or one partition as one Arrow table on
+        the driver, read from the data files without a Spark job: for inputs the driver needs
+        whole anyway (the candidate matrix, the seen lists it broadcasts)."""
+        import pyarrow.dataset as pads
+
+        schema = self.arrow_schema(spec)
+        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=True)
+        wrong = [c for c in columns if c not in spec.data_schema.names]
+        if wrong:
+            raise ValueError(f"table {spec.name!r}: read_arrow takes data columns of the spec, not {wrong}")
+        files = self.file_uris(spec, partition=partition)
+        wanted = pa.schema([spec.data_schema.field(c) for c in columns])
+        if not files:
+            return wanted.empty_table()
+        fs, _ = pafs.FileSystem.from_uri(files[0])
+        paths = [pafs.FileSystem.from_uri(f)[1] for f in files]
+        return pads.dataset(paths, format="parquet", filesystem=fs).to_table(columns=list(columns)).cast(wanted)
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int:
         """Rows in the partition (from the log's file statistics; 0 when the table is missing)."""
@@ -464,26 +523,60 @@ class DeltaRsStore:
         partition: Mapping[str, str] | None,
         metadata: Mapping[str, object] | None,
     ) -> CommitResult:
-        target = _check_partition_arg(spec, partition)
         snapshot = self._load(spec)
         if snapshot is not None:
             done = snapshot.transaction_version(app_id)
             if done is not None:
                 log.info("%s: app id %s already committed; nothing to do", spec.name, app_id)
                 return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
-        seen = self._partition_state(snapshot, target) if mode == "overwrite" else None
-        writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix(app_id))
+        files, target, state = self._write_files(df, task, spec, mode=mode, partition=partition, snapshot=snapshot)
+        return self.commit(spec, files, mode=mode, app_id=app_id, partition=target,
+                           expected_partition_state=state, metadata=metadata)
+
+    def _write_files(
+        self, df: DataFrame, task: ArrowTask | None, spec: TableSpec, *, mode: WriteMode,
+        partition: Mapping[str, str] | None, snapshot: DeltaTable | None,
+    ) -> tuple[list[DataFile], dict[str, str] | None, frozenset[str] | None]:
+        """Run the Spark job whose tasks write the data files: (files, partition, partition state)."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
+        target = _check_partition_arg(spec, partition)
+        state = self._partition_state(snapshot, target) if mode == "overwrite" else None
+        writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix())
         manifest = df.mapInArrow(_manifest_task(writer, task), from_arrow_schema(MANIFEST_SCHEMA))
         try:
             rows = manifest.collect()
         except Exception as exc:
             reraise_task_error(exc)
             raise
-        files = [DataFile.from_row(row.asDict()) for row in rows]
-        return self.commit(spec, files, mode=mode, app_id=app_id, partition=target,
-                           expected_partition_state=seen, metadata=metadata)
+        return [DataFile.from_row(row.asDict()) for row in rows], target, state
+
+    def stage(
+        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
+        partition: Mapping[str, str] | None = None,
+    ) -> StagedWrite:
+        """Write ``df``'s rows to data files without committing them (one Spark job).
+
+        Nothing is visible until :meth:`commit_staged`, which checks the same guards as
+        :meth:`write` (including that the partition did not change since this call).
+        """
+        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
+        files, target, state = self._write_files(df.select(*spec.column_names), None, spec, mode=mode,
+                                                 partition=partition, snapshot=self._load(spec))
+        frame = self._read_files(spec.name, spec.schema, [f"{self.uri(spec.name)}/{f.path}" for f in files])
+        return StagedWrite(spec, mode, app_id, target, frame, tuple(files), state)
+
+    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult:
+        return self.commit(staged.spec, staged.files, mode=staged.mode, app_id=staged.app_id,
+                           partition=staged.partition, expected_partition_state=staged.partition_state,
+                           metadata=metadata)
+
+    def discard_staged(self, staged: StagedWrite) -> None:
+        """Delete the staged files (never referenced by the log); a file already gone is fine."""
+        fs, root = pafs.FileSystem.from_uri(self.uri(staged.spec.name))
+        for f in staged.files:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(f"{root}/{f.path}")
 
     def write_arrow(
         self,
@@ -502,7 +595,7 @@ class DeltaRsStore:
         if snapshot is not None and snapshot.transaction_version(app_id) is not None:
             return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
         seen = self._partition_state(snapshot, target) if mode == "overwrite" else None
-        writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix(app_id) + "-driver")
+        writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix() + "-driver")
         data = data.select(spec.column_names).cast(spec.schema)
         files = [
             DataFile.from_row(row)
@@ -513,7 +606,7 @@ class DeltaRsStore:
                            expected_partition_state=seen, metadata=metadata)
 
     @staticmethod
-    def _file_prefix(app_id: str) -> str:
+    def _file_prefix() -> str:
         # unique per write call; the app id is recorded in the commit, not in file names
         return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
 

@@ -325,7 +325,6 @@ def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
 
 
 def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from pipelines import scoring as s
@@ -358,23 +357,29 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         row_bytes = 4 * (mc.n_heads * mc.n_links + mc.d_model + 1) + 8
         mode, shards = s.plan_mode(cfg, n_candidates * row_bytes)
         record.metrics.update(candidate_mode=mode, shards=shards, candidates=n_candidates)
-        candidates = ctx.store.read(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
+        version_partition = {"model_version": ctx.model_version}
         broadcast = None
         shipped: list[Any] = []  # broadcast variables, destroyed when the stage ends
         files: list[str] = []
+        # inputs the driver needs whole are read from the table files as Arrow, without a Spark job
         if mode == "broadcast":
-            matrix = candidate_matrix(candidates.drop("model_version").toArrow(), mc.n_heads, mc.n_links,
-                                      mc.d_model)
+            rows = ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, CANDIDATE_LINK_WEIGHTS.data_schema.names,
+                                        partition=version_partition)
+            matrix = candidate_matrix(rows, mc.n_heads, mc.n_links, mc.d_model)
             candidate_ids = matrix.item_ids
             broadcast = ctx.spark.sparkContext.broadcast(matrix)
             shipped.append(broadcast)
         else:
-            candidate_ids = np.sort(candidates.select("item_id").toArrow().column("item_id").to_numpy())
-            files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
+            candidate_ids = np.sort(ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, ["item_id"],
+                                                         partition=version_partition).column("item_id").to_numpy())
+            files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition=version_partition)
         seen = histories.select("user_id", F.col("item_ids").alias("seen"))
         # the seen lists ride along with each user's L_P: broadcast them while they are small (at most
-        # max_history ids per user), so L_P is never shuffled for the join
+        # max_history ids per user), so L_P is never shuffled for the join; the popularity list is
+        # then counted from them on the driver too
         seen_broadcast = history_rows * (8 * mc.max_history + 24) <= cfg.seen_broadcast_max_bytes
+        seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "item_ids"], partition={"ds": ctx.ds})
+                      if seen_broadcast else None)
         cores = max(1, ctx.spark.sparkContext.defaultParallelism)
         link_files = ctx.store.file_uris(USER_LINKS, partition={"ds": ctx.ds}) \
             if ctx.store.engine == "delta-rs" else []
@@ -387,7 +392,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         user_candidates = None
         reader = None
         if direct:
-            seen_table = ctx.spark.sparkContext.broadcast(seen.toArrow()) if cfg.exclude_seen else None
+            seen_table = (ctx.spark.sparkContext.broadcast(seen_lists.rename_columns(["user_id", "seen"]))
+                          if cfg.exclude_seen and seen_lists is not None else None)
             if seen_table is not None:
                 shipped.append(seen_table)
             reader = s.LinkFiles(seen_table)
@@ -408,19 +414,23 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                               scoring_partitions=len(link_files) if direct else 2 * cores)
         model_rows = s.model_topk(scored, cfg, mode=mode, candidate_ids=candidate_ids,
                                   broadcast=broadcast, files=files, shards=shards, reader=reader)
-        popular = s.popular_items(histories, candidate_ids, cfg.top_k)
+        popular = (s.popular_items(histories, candidate_ids, cfg.top_k) if seen_lists is None
+                   else s.popular_items_arrow(seen_lists.column("item_ids"), candidate_ids, cfg.top_k))
         record.metrics["popular_items"] = [p[1] for p in popular]
-        # scored once, read twice (gate, write); on local disk so memory does not grow with users
         recs = s.recommendations(model_rows, histories.where(F.col("n") == 0), popular, ds=ctx.ds,
-                                 model_version=ctx.model_version).persist(StorageLevel.DISK_ONLY)
+                                 model_version=ctx.model_version)
+        staged = None
         try:
             ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
             # reading the inputs' metadata, the candidate broadcast, the popularity list
             record.timing("prepare", record.elapsed())
             try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
-                _timed(record, "score", recs.count)
+                # scored once: the tasks write the rows to files the table does not reference yet, the
+                # gate reads those files, and only a passing gate commits them
+                staged = _timed(record, "score", lambda: ctx.store.stage(
+                    recs, RECOMMENDATIONS, mode="overwrite", app_id=app_id, partition={"ds": ctx.ds}))
                 report = _timed(record, "gate", lambda: check_recommendations(
-                    recs, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
+                    staged.frame, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
                     exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates,
                     catalogue_size=len(candidate_ids), link_versions=versions,
                     longest_history=_longest_history(ctx)))
@@ -429,11 +439,13 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                 raise
             record.metrics["quality"] = report.summary()  # type: ignore[union-attr]
             report.raise_if_failed()  # type: ignore[union-attr]
-            commit = _timed(record, "write", lambda: ctx.store.write(
-                recs, RECOMMENDATIONS, mode="overwrite", partition={"ds": ctx.ds}, app_id=app_id,
-                metadata={"model_version": ctx.model_version, "top_k": cfg.top_k}))
+            # from here the files are the commit's: a failed commit leaves them unreferenced, not deleted
+            to_commit, staged = staged, None
+            commit = _timed(record, "commit", lambda: ctx.store.commit_staged(
+                to_commit, metadata={"model_version": ctx.model_version, "top_k": cfg.top_k}))
         finally:
-            recs.unpersist()
+            if staged is not None:  # the scoring or the gate failed: nothing of this run stays
+                ctx.store.discard_staged(staged)
             for shipment in shipped:
                 shipment.destroy()
         assert isinstance(commit, CommitResult)

@@ -429,7 +429,19 @@ def popular_items(histories: DataFrame, candidate_ids: np.ndarray, k: int) -> li
         .limit(k)
         .collect()
     )
-    chosen = [(int(r.item_id), float(r["count"])) for r in counts]
+    return _popular_list([(int(r.item_id), float(r["count"])) for r in counts], candidate_ids, k)
+
+
+def popular_items_arrow(item_ids: pa.Array | pa.ChunkedArray, candidate_ids: np.ndarray,
+                        k: int) -> list[tuple[int, int, float]]:
+    """:func:`popular_items` from ``user_histories.item_ids`` already on the driver (no Spark job)."""
+    flat = pc.list_flatten(item_ids).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    items, counts = np.unique(flat[np.isin(flat, candidate_ids)], return_counts=True)
+    order = np.lexsort((items, -counts))[:k]  # count desc, then item id asc
+    return _popular_list([(int(items[i]), float(counts[i])) for i in order], candidate_ids, k)
+
+
+def _popular_list(chosen: list[tuple[int, float]], candidate_ids: np.ndarray, k: int) -> list[tuple[int, int, float]]:
     if len(chosen) < k:
         taken = {i for i, _ in chosen}
         chosen += [(int(i), 0.0) for i in candidate_ids if int(i) not in taken][: k - len(chosen)]

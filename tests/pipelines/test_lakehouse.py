@@ -123,6 +123,52 @@ def test_write_mapped_commits_what_each_task_makes_and_checks_its_schema(spark, 
     assert store.version(RECOMMENDATIONS) == before
 
 
+def test_staged_rows_are_invisible_until_committed_and_discard_removes_their_files(spark, store) -> None:
+    part = {"ds": "2024-01-02"}
+    store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
+    staged = store.stage(spark.createDataFrame(recs("2024-01-02", range(5))).repartition(2), RECOMMENDATIONS,
+                         mode="overwrite", app_id="run-1", partition=part)
+    assert spark_rows(staged.frame) == as_rows(recs("2024-01-02", range(5)))  # the gate reads these
+    assert store.version(RECOMMENDATIONS) == 0 and store.read(RECOMMENDATIONS, partition=part).count() == 0
+    result = store.commit_staged(staged, metadata={"top_k": 1})
+    assert (result.version, result.rows, result.skipped) == (1, 5, False)
+    assert spark_rows(store.read(RECOMMENDATIONS, partition=part)) == as_rows(recs("2024-01-02", range(5)))
+
+    dropped = store.stage(spark.createDataFrame(recs("2024-01-02", range(3), score=7.0)), RECOMMENDATIONS,
+                          mode="overwrite", app_id="run-2", partition=part)
+    paths = [Path(store.uri("recommendations").removeprefix("file://")) / f.path for f in dropped.files]
+    assert paths and all(p.exists() for p in paths)
+    store.discard_staged(dropped)
+    assert not any(p.exists() for p in paths)
+    assert store.version(RECOMMENDATIONS) == 1
+    assert spark_rows(store.read(RECOMMENDATIONS, partition=part)) == as_rows(recs("2024-01-02", range(5)))
+
+
+def test_staged_commit_refuses_a_partition_another_run_replaced_meanwhile(spark, store) -> None:
+    part = {"ds": "2024-01-01"}
+    store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
+    slow = store.stage(spark.createDataFrame(recs("2024-01-01", range(2), score=9.0)), RECOMMENDATIONS,
+                       mode="overwrite", app_id="slow", partition=part)
+    store.write_arrow(recs("2024-01-01", range(2), score=5.0), RECOMMENDATIONS, mode="overwrite",
+                      partition=part, app_id="fast")
+    with pytest.raises(ConcurrentWriteError, match="changed since this writer's snapshot"):
+        store.commit_staged(slow)
+    assert [r[4] for r in delta_rows(store.uri("recommendations"))] == [5.0, 6.0]
+
+
+def test_read_arrow_reads_data_columns_of_one_partition(spark, store) -> None:
+    store.write_arrow(recs("2024-01-01", range(3)), RECOMMENDATIONS, mode="append", app_id="d1")
+    store.write_arrow(recs("2024-01-02", range(3, 5)), RECOMMENDATIONS, mode="append", app_id="d2")
+    got = store.read_arrow(RECOMMENDATIONS, ["user_id", "score"], partition={"ds": "2024-01-02"})
+    assert got.schema == pa.schema([RECOMMENDATIONS.schema.field("user_id"), RECOMMENDATIONS.schema.field("score")])
+    assert sorted(got.column("user_id").to_pylist()) == [3, 4]
+    assert store.read_arrow(RECOMMENDATIONS, ["user_id"], partition={"ds": "2030-01-01"}).num_rows == 0
+    with pytest.raises(ValueError, match="data columns"):
+        store.read_arrow(RECOMMENDATIONS, ["ds", "user_id"])
+    with pytest.raises(TableNotFoundError):
+        store.read_arrow(USER_HISTORIES, ["user_id"])
+
+
 def test_retry_with_same_app_id_adds_nothing(spark, store) -> None:
     df = spark.createDataFrame(recs("2024-01-01", range(4)))
     first = store.write(df, RECOMMENDATIONS, mode="append", app_id="nightly:2024-01-01:run-7")
@@ -276,6 +322,11 @@ def test_delta_spark_engine_roundtrip(spark, lakehouse) -> None:
     assert not store.write(df, RECOMMENDATIONS, mode="append", app_id="s1").skipped
     assert store.write(df, RECOMMENDATIONS, mode="append", app_id="s1").skipped
     assert store.read(RECOMMENDATIONS).count() == 3
+    staged = store.stage(spark.createDataFrame(recs("2024-01-02", range(2))), RECOMMENDATIONS, mode="overwrite",
+                         app_id="s2", partition={"ds": "2024-01-02"})
+    assert staged.frame.count() == 2 and store.read(RECOMMENDATIONS).count() == 3
+    assert not store.commit_staged(staged).skipped
+    assert sorted(store.read_arrow(RECOMMENDATIONS, ["user_id"]).column("user_id").to_pylist()) == [0, 0, 1, 1, 2]
 
 
 def test_dense_vector_columns_are_written_uncompressed(store) -> None:

@@ -135,6 +135,33 @@ def test_seen_lists_joined_by_a_shuffle_give_the_same_lists(world: dict, spark) 
     np.testing.assert_allclose(before.score, after.score, rtol=1e-6)
 
 
+def test_failing_gate_commits_nothing_and_leaves_no_file(world: dict, spark, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scoring tasks write their rows before the gate runs; a failing gate must drop them."""
+    from pipelines import quality
+    from pipelines.audit import read_audit
+    from pipelines.errors import QualityGateError
+
+    real_gate = quality.check_recommendations
+
+    def failing_gate(*args, **kwargs):
+        report = real_gate(*args, **kwargs)
+        return quality.QualityReport(report.table, report.ds,
+                                     [*report.checks, quality.Check("injected", False, "made to fail")], report.stats)
+
+    monkeypatch.setattr(quality, "check_recommendations", failing_gate)
+    uri = world["store"].uri("recommendations")
+    version, before = DeltaTable(uri).version(), written(world)
+    on_disk = set((Path(uri) / f"ds={DS}").iterdir())
+    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-gate-fails", str(world["ckpt"]))
+    with pytest.raises(QualityGateError, match="injected: made to fail"):
+        nightly.score_topk(ctx, world["scoring"])
+    assert DeltaTable(uri).version() == version
+    pd.testing.assert_frame_equal(before, written(world))
+    assert set((Path(uri) / f"ds={DS}").iterdir()) == on_disk
+    [row] = [r for r in read_audit(world["store"], DS) if r["run_id"] == "run-gate-fails"]
+    assert row["status"] == "failed" and row["metrics"]["quality"]["checks"]["injected"] is False
+
+
 def test_rerun_of_same_ds_leaves_identical_content_and_replaces_only_that_partition(world: dict, spark) -> None:
     store = world["store"]
     uri = store.uri("recommendations")

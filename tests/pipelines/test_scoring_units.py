@@ -18,6 +18,8 @@ from pipelines.scoring import (
     ScoringConfig,
     check_top_k,
     plan_mode,
+    popular_items,
+    popular_items_arrow,
     seen_positions,
     shard_bounds,
     topk_against,
@@ -134,3 +136,15 @@ def test_link_files_stream_each_file_with_its_users_seen_lists(tmp_path) -> None
     assert out.column("l_p").to_pylist()[2] == [7.0] * 4
     plain = pa.Table.from_batches(list(LinkFiles(None)(iter(tasks))))
     assert plain.column_names == ["user_id", "l_p"] and plain.num_rows == 4
+
+
+@pytest.mark.spark
+def test_popularity_list_from_arrow_equals_the_spark_count(spark) -> None:
+    # ties on count (1 and 4 both twice) break by item id; 99 is not a candidate; 8 never seen fills in
+    lists = pa.array([[4, 1, 99], [1, 3], [4, 99, 99], [], None], pa.list_(pa.int64()))
+    histories = spark.createDataFrame(pa.table({"item_ids": lists}))
+    candidates = np.array([1, 3, 4, 8], np.int64)
+    for k in (1, 2, 4):
+        want = popular_items(histories, candidates, k)
+        assert popular_items_arrow(lists, candidates, k) == want
+    assert want == [(1, 1, 2.0), (2, 4, 2.0), (3, 3, 1.0), (4, 8, 0.0)]

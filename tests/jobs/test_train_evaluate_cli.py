@@ -98,3 +98,15 @@ def test_train_rejects_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> N
         cli(["train", "--interactions", "x.tsv", "--model", "gru4rec", "--out", "x.pt"])
     assert exc.value.code == 2
     assert "invalid choice: 'gru4rec'" in capsys.readouterr().err
+
+
+def test_overrides_reach_the_stored_configs(tmp_path: Path) -> None:
+    from lime_model.checkpoint import load_checkpoint
+
+    src = _interactions(tmp_path / "events.csv")
+    ckpt = tmp_path / "o.pt"
+    assert cli(["train", "--interactions", str(src), "--model", "lime-xor", "--out", str(ckpt), *FAST,
+                "--n-heads", "4", "--n-layers", "1", "--dropout", "0.3", "--weight-decay", "0.05"]) == 0
+    loaded = load_checkpoint(ckpt)
+    assert (loaded.config.n_heads, loaded.config.n_layers, loaded.config.dropout) == (4, 1, 0.3)
+    assert loaded.metadata["train_config"]["weight_decay"] == 0.05

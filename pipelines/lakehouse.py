@@ -523,6 +523,7 @@ class DeltaRsStore:
         partition: Mapping[str, str] | None,
         metadata: Mapping[str, object] | None,
     ) -> CommitResult:
+        _check_partition_arg(spec, partition)  # a bad partition is an error even for a retried write
         snapshot = self._load(spec)
         if snapshot is not None:
             done = snapshot.transaction_version(app_id)

@@ -406,12 +406,13 @@ class DeltaRsStore:
         whole anyway (the candidate matrix, the seen lists it broadcasts)."""
         import pyarrow.dataset as pads
 
-        schema = self.arrow_schema(spec)
-        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=True)
         wrong = [c for c in columns if c not in spec.data_schema.names]
         if wrong:
             raise ValueError(f"table {spec.name!r}: read_arrow takes data columns of the spec, not {wrong}")
-        files = self.file_uris(spec, partition=partition)
+        table = self.delta_table(spec)  # one snapshot for the schema check and the file list
+        check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=True)
+        self._check_readable(spec, table)
+        files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
         wanted = pa.schema([spec.data_schema.field(c) for c in columns])
         if not files:
             return wanted.empty_table()

@@ -6,7 +6,7 @@
 Each run is exactly what a user types::
 
     lime-rank train --interactions ml-100k --model M --out CKPT --seed S --threads T
-    lime-rank evaluate --checkpoint CKPT --interactions ml-100k --out JSON
+    lime-rank evaluate --checkpoint CKPT --interactions ml-100k --out JSON --ranks-out CSV
 
 (temporal leave-one-out, full-catalogue ranking; docs/model.md has the protocol).  Training
 stops at its own CPU-time budget (process CPU time, 14 minutes by default).  ``--jobs``
@@ -15,11 +15,18 @@ machine): one thread wastes no CPU time waiting on another, so every model fits 
 in the same budget.  Run it on an otherwise idle machine: under contention torch's threads
 burn CPU time waiting, so fewer epochs fit the budget.  Writes ``benchmarks/results/ml100k.json``: every
 run's metrics, per-model means and the summary ratios the model issue asks for.
+
+The 943 test users are a sample: the ratio of two models' NDCG@10 carries the noise of which
+users happen to be in it.  Every run also writes each user's target rank, and the summary gives
+a paired bootstrap interval for ``xor_over_full_ndcg@10`` (users resampled with replacement, the
+same users for both models; each user's NDCG@10 averaged over the seeds first).  It measures the
+user-sampling noise only; the per-seed figures show the training noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -31,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,6 +48,7 @@ from benchmarks.common import RESULTS, log, machine, read_results, write_results
 MODELS = ("lime-xor", "full-attention", "lime-mha", "popularity")
 DEFAULT_MODELS = ("lime-xor", "full-attention", "popularity")  # the ones the quality target compares
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")
+BOOTSTRAP_RESAMPLES = 10_000
 
 
 def cli() -> list[str]:
@@ -46,18 +56,56 @@ def cli() -> list[str]:
 
 
 def train_and_evaluate(model: str, seed: int, threads: int, tmp: Path) -> dict[str, Any]:
-    ckpt, out = tmp / f"{model}-{seed}.pt", tmp / f"{model}-{seed}.json"
+    ckpt, out, ranks = tmp / f"{model}-{seed}.pt", tmp / f"{model}-{seed}.json", tmp / f"{model}-{seed}.csv"
     train = ["train", "--interactions", "ml-100k", "--model", model, "--out", str(ckpt), "--seed", str(seed),
              "--threads", str(threads)]
-    evaluate = ["evaluate", "--checkpoint", str(ckpt), "--interactions", "ml-100k", "--out", str(out)]
+    evaluate = ["evaluate", "--checkpoint", str(ckpt), "--interactions", "ml-100k", "--out", str(out),
+                "--ranks-out", str(ranks)]
     t0 = time.perf_counter()
     subprocess.run(cli() + train, check=True)
     train_s = time.perf_counter() - t0
     subprocess.run(cli() + evaluate, check=True)
     result = json.loads(out.read_text())
     return {"model": model, "seed": seed, "train_wall_seconds": round(train_s, 1),
-            **{m: result[m] for m in METRICS}, "users": result["users"],
+            **{m: result[m] for m in METRICS}, "users": result["users"], "model_version": result["model_version"],
+            "rank_by_user": read_ranks(ranks),
             "command": " && ".join("lime-rank " + " ".join(a) for a in (train, evaluate))}
+
+
+def read_ranks(ranks_csv: Path) -> dict[str, int]:
+    """``lime-rank evaluate --ranks-out`` CSV -> {user id: 0-based rank of that user's target}."""
+    with ranks_csv.open() as f:
+        return {row["user_id"]: int(row["rank"]) for row in csv.DictReader(f)}
+
+
+def ndcg10(rank: int) -> float:
+    return 1.0 / float(np.log2(rank + 2.0)) if rank < 10 else 0.0
+
+
+def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                           seed: int = 0) -> tuple[float, float]:
+    """Per-user scores of two models over the same users ``(U,)`` -> the 2.5th and 97.5th
+    percentiles of ``mean(a) / mean(b)`` over ``resamples`` resamplings of the users with
+    replacement (the same resampled users for both)."""
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"need two equally long non-empty 1-D arrays, got shapes {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    for start in range(0, resamples, 1000):
+        idx = rng.integers(0, len(a), size=(min(1000, resamples - start), len(a)))
+        ratios[start:start + len(idx)] = a[idx].mean(1) / b[idx].mean(1)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def seed_mean_by_user(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Runs of one model -> {user id: NDCG@10 averaged over the runs}; every run must cover the same users."""
+    users = set(runs[0]["rank_by_user"])
+    for run in runs[1:]:
+        if set(run["rank_by_user"]) != users:
+            raise ValueError(f"{run['model']} seed {run['seed']} was evaluated on other users "
+                             f"than seed {runs[0]['seed']}")
+    return {u: statistics.fmean(ndcg10(r["rank_by_user"][u]) for r in runs) for u in users}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,6 +117,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"means": means}
     if "lime-xor" in means and "full-attention" in means:
         summary["xor_over_full_ndcg@10"] = round(means["lime-xor"]["ndcg@10"] / means["full-attention"]["ndcg@10"], 3)
+        by_model = [[r for r in runs if r["model"] == m] for m in ("lime-xor", "full-attention")]
+        if all("rank_by_user" in r for mine in by_model for r in mine):
+            xor, full = (seed_mean_by_user(mine) for mine in by_model)
+            if set(xor) != set(full):
+                raise ValueError("lime-xor and full-attention were evaluated on different users")
+            users = sorted(xor)
+            lo, hi = paired_bootstrap_ratio(np.array([xor[u] for u in users]), np.array([full[u] for u in users]))
+            summary["xor_over_full_ndcg@10_ci95"] = [round(lo, 3), round(hi, 3)]
+            summary["bootstrap"] = {"users": len(users), "resamples": BOOTSTRAP_RESAMPLES,
+                                    "method": "paired percentile bootstrap over test users, seed-averaged"}
     if "lime-xor" in means and "popularity" in means:
         summary["xor_over_popularity_ndcg@10"] = round(
             means["lime-xor"]["ndcg@10"] / means["popularity"]["ndcg@10"], 3)

@@ -91,6 +91,10 @@ def quality_tables(data: dict) -> str:
         lines.append(f"| {model} | {m['seeds']} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} "
                      f"| {m['ndcg@50']:.4f} |")
     ratios = [f"`{k}` = {s[k]}" for k in ("xor_over_full_ndcg@10", "xor_over_popularity_ndcg@10") if k in s]
+    if "xor_over_full_ndcg@10_ci95" in s:
+        lo, hi = s["xor_over_full_ndcg@10_ci95"]
+        ratios.insert(1, f"95% bootstrap interval of the first over the {s['bootstrap']['users']} test users "
+                         f"[{lo}, {hi}]")
     per_seed = ", ".join(f"{r['model']} s{r['seed']} {r['ndcg@10']:.4f}" for r in data["runs"])
     return "\n".join(lines) + "\n\n" + "; ".join(ratios) + f" (NDCG@10 per run: {per_seed})"
 

@@ -79,9 +79,16 @@ def rank_targets(model: nn.Module, histories: Sequence[np.ndarray], times: Seque
     return ranks
 
 
+def stage_ranks(model: nn.Module, split: LeaveOneOutSplit, stage: str, batch_size: int = 256
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``stage`` ``"valid"`` or ``"test"`` -> (raw user ids ``(E,)``, their targets' 0-based ranks ``(E,)``)."""
+    histories, times, targets = split.stage(stage)
+    ranks = rank_targets(model, histories, times, targets, batch_size)
+    return split.sequences.user_ids[split.eval_users], ranks
+
+
 def evaluate_split(model: nn.Module, split: LeaveOneOutSplit, stage: str, batch_size: int = 256
                    ) -> dict[str, float]:
     """``stage`` ``"valid"`` or ``"test"`` -> metrics dict (plus ``users``)."""
-    histories, times, targets = split.stage(stage)
-    ranks = rank_targets(model, histories, times, targets, batch_size)
-    return {"users": len(targets), **metrics_from_ranks(ranks)}
+    _, ranks = stage_ranks(model, split, stage, batch_size)
+    return {"users": len(ranks), **metrics_from_ranks(ranks)}

@@ -73,3 +73,38 @@ def test_ml100k_summary_means_over_seeds_and_ratios() -> None:
     table = quality_tables({"summary": summary, "runs": runs})
     assert "| lime-xor | 2 | 0.1800 | 0.0900 | 0.5000 | 0.2000 |" in table
     assert "`xor_over_full_ndcg@10` = 0.9" in table
+
+
+def test_paired_bootstrap_interval_covers_the_ratio_and_narrows_with_agreement() -> None:
+    from benchmarks.ml100k_quality import paired_bootstrap_ratio
+
+    rng = np.random.default_rng(1)
+    b = rng.random(2000)
+    assert paired_bootstrap_ratio(b, b.copy(), resamples=500) == (1.0, 1.0)  # same users, same scores
+    lo, hi = paired_bootstrap_ratio(0.9 * b, b, resamples=500)
+    assert lo == pytest.approx(0.9) and hi == pytest.approx(0.9)
+    noisy = np.clip(0.9 * b + rng.normal(0, 0.3, size=b.shape), 0, None)
+    lo, hi = paired_bootstrap_ratio(noisy, b, resamples=500)
+    assert lo < noisy.mean() / b.mean() < hi and hi - lo > 0.02
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap_ratio(b, b[:-1])
+
+
+def test_ml100k_summary_bootstraps_the_ratio_over_users_averaged_over_seeds() -> None:
+    from benchmarks.ml100k_quality import summarise
+    from benchmarks.tables import quality_tables
+
+    def run(model: str, seed: int, ranks: list[int]) -> dict:
+        return {"model": model, "seed": seed, "hr@10": 0.5, "ndcg@10": 0.1, "hr@50": 0.5, "ndcg@50": 0.2,
+                "rank_by_user": {str(u): r for u, r in enumerate(ranks)}}
+
+    runs = [run("lime-xor", 0, [0, 50] * 50), run("lime-xor", 1, [50, 0] * 50),  # 0.5 per user on average
+            run("full-attention", 0, [0] * 100)]
+    summary = summarise(runs)
+    assert summary["xor_over_full_ndcg@10_ci95"] == [0.5, 0.5]
+    assert summary["bootstrap"]["users"] == 100
+    assert "95% bootstrap interval of the first over the 100 test users [0.5, 0.5]" in quality_tables(
+        {"summary": summary, "runs": runs})
+    runs[1]["rank_by_user"].pop("7")
+    with pytest.raises(ValueError, match="lime-xor seed 1 was evaluated on other users than seed 0"):
+        summarise(runs)

@@ -67,6 +67,24 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path, capsys: pytest.Cap
     assert len(versions) == 2 and versions[0] == versions[1]
 
 
+def test_ranks_out_gives_every_users_rank_and_the_same_metrics(tmp_path: Path) -> None:
+    from lime_model.evaluate import metrics_from_ranks
+
+    src = _interactions(tmp_path / "events.csv")
+    ckpt, out, ranks_csv = tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "deep" / "ranks.csv"
+    assert cli(["train", "--interactions", str(src), "--model", "lime-xor", "--out", str(ckpt), *FAST]) == 0
+    assert cli(["evaluate", "--checkpoint", str(ckpt), "--interactions", str(src), "--out", str(out),
+                "--ranks-out", str(ranks_csv)]) == 0
+    ranks = pd.read_csv(ranks_csv)
+    assert list(ranks.columns) == ["user_id", "rank"]
+    assert ranks["user_id"].tolist() == list(range(30))  # every evaluated user once, by user id
+    assert ranks["rank"].between(0, 24).all()  # 25 items, the target's own history masked
+    result = json.loads(out.read_text())
+    recomputed = metrics_from_ranks(ranks["rank"].to_numpy())
+    assert recomputed == pytest.approx({k: result[k] for k in recomputed})
+    assert not list(ranks_csv.parent.glob("*.tmp"))
+
+
 def test_parquet_interactions_are_accepted(tmp_path: Path) -> None:
     src = _interactions(tmp_path / "events.parquet")
     assert cli(["train", "--interactions", str(src), "--model", "popularity",

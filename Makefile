@@ -29,7 +29,7 @@ bench: setup
 	$(PY) benchmarks/model_scaling.py
 	$(PY) benchmarks/pipeline_throughput.py
 
-# MovieLens-100K quality: lime-xor, full attention (seeds 0 and 1) and popularity, two runs side by side (about 25 minutes on 2 cores)
+# MovieLens-100K quality: lime-xor, full attention (seeds 0 and 1) and popularity, two runs side by side (about 30 minutes on 2 cores)
 quality: setup
 	$(PY) benchmarks/ml100k_quality.py
 

@@ -44,6 +44,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, log, machine, read_results, write_results
+from lime_model.evaluate import ndcg_per_user
 
 MODELS = ("lime-xor", "full-attention", "lime-mha", "popularity")
 DEFAULT_MODELS = ("lime-xor", "full-attention", "popularity")  # the ones the quality target compares
@@ -78,10 +79,6 @@ def read_ranks(ranks_csv: Path) -> dict[str, int]:
         return {row["user_id"]: int(row["rank"]) for row in csv.DictReader(f)}
 
 
-def ndcg10(rank: int) -> float:
-    return 1.0 / float(np.log2(rank + 2.0)) if rank < 10 else 0.0
-
-
 def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
                            seed: int = 0) -> tuple[float, float]:
     """Per-user scores of two models over the same users ``(U,)`` -> the 2.5th and 97.5th
@@ -98,14 +95,16 @@ def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, resamples: int = BOOTST
     return float(lo), float(hi)
 
 
-def seed_mean_by_user(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Runs of one model -> {user id: NDCG@10 averaged over the runs}; every run must cover the same users."""
-    users = set(runs[0]["rank_by_user"])
+def seed_mean_ndcg10(runs: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+    """Runs of one model -> (user ids sorted, each user's NDCG@10 averaged over the runs ``(U,)``);
+    every run must cover the same users."""
+    users = sorted(runs[0]["rank_by_user"])
     for run in runs[1:]:
-        if set(run["rank_by_user"]) != users:
+        if sorted(run["rank_by_user"]) != users:
             raise ValueError(f"{run['model']} seed {run['seed']} was evaluated on other users "
                              f"than seed {runs[0]['seed']}")
-    return {u: statistics.fmean(ndcg10(r["rank_by_user"][u]) for r in runs) for u in users}
+    ranks = np.array([[r["rank_by_user"][u] for u in users] for r in runs])  # (runs, U)
+    return users, ndcg_per_user(ranks, 10).mean(0)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,11 +118,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["xor_over_full_ndcg@10"] = round(means["lime-xor"]["ndcg@10"] / means["full-attention"]["ndcg@10"], 3)
         by_model = [[r for r in runs if r["model"] == m] for m in ("lime-xor", "full-attention")]
         if all("rank_by_user" in r for mine in by_model for r in mine):
-            xor, full = (seed_mean_by_user(mine) for mine in by_model)
-            if set(xor) != set(full):
+            (users, xor), (full_users, full) = (seed_mean_ndcg10(mine) for mine in by_model)
+            if users != full_users:
                 raise ValueError("lime-xor and full-attention were evaluated on different users")
-            users = sorted(xor)
-            lo, hi = paired_bootstrap_ratio(np.array([xor[u] for u in users]), np.array([full[u] for u in users]))
+            lo, hi = paired_bootstrap_ratio(xor, full)
             summary["xor_over_full_ndcg@10_ci95"] = [round(lo, 3), round(hi, 3)]
             summary["bootstrap"] = {"users": len(users), "resamples": BOOTSTRAP_RESAMPLES,
                                     "method": "paired percentile bootstrap over test users, seed-averaged"}

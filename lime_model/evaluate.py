@@ -40,15 +40,19 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor
     return (before & ~seen).sum(1)  # (B,)
 
 
+def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """0-based ranks ``(E,)`` -> each user's NDCG@k ``(E,)`` float64 (one relevant item)."""
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     """0-based ranks ``(E,)`` -> ``{"hr@10", "ndcg@10", "hr@50", "ndcg@50"}``."""
     if not len(ranks):
         return {key: math.nan for key in METRIC_KEYS}
     out = {}
     for k in CUTOFFS:
-        hit = ranks < k
-        out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+        out[f"hr@{k}"] = float((ranks < k).mean())
+        out[f"ndcg@{k}"] = float(ndcg_per_user(ranks, k).mean())
     return out
 
 

@@ -6,8 +6,8 @@ are ordered by length (longest first, then user id) and dealt to partitions in
 snake order (0..P-1, P-1..0, ...), which keeps every partition within one
 history length of the others.  The global position of a user is its rank in its
 length class plus the number of users in longer classes, so no single-partition
-global sort is needed: one small ``groupBy(n)`` on the driver and a window per
-length class.
+global sort is needed: one small ``groupBy(n)`` (one row per distinct length, joined
+back as a broadcast) and a window per length class.
 
 Spark's ``repartition(P, col)`` places a row in ``pmod(murmur3(col), P)``;
 :func:`partition_keys` finds, for each target partition ``j``, a key that hashes
@@ -17,7 +17,6 @@ is exact.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,16 +29,6 @@ def snake_partition(position: np.ndarray, partitions: int) -> np.ndarray:
     """Partition of each global position (0-based, longest history first)."""
     rnd, offset = np.divmod(position, partitions)
     return np.where(rnd % 2 == 0, offset, partitions - 1 - offset)
-
-
-def class_offsets(length_counts: Mapping[int, int]) -> dict[int, int]:
-    """Global position of the first user of each length class (longest class first)."""
-    offsets: dict[int, int] = {}
-    running = 0
-    for length in sorted(length_counts, reverse=True):
-        offsets[length] = running
-        running += int(length_counts[length])
-    return offsets
 
 
 _M32 = np.uint64(0xFFFFFFFF)
@@ -84,29 +73,38 @@ def partition_keys(partitions: int) -> list[int]:
     return [found[j] for j in range(partitions)]
 
 
+def _class_offsets_frame(histories: DataFrame, length_col: str) -> DataFrame:
+    """(length, ``_offset``) per length class: the users in longer classes, computed by Spark.
+
+    Kept a DataFrame (one row per distinct length) rather than a literal map in the plan: the
+    DAG allows histories up to 100,000 long, and a literal per length would bloat every task."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    longer = Window.orderBy(F.desc(length_col)).rowsBetween(Window.unboundedPreceding, -1)
+    counts = histories.groupBy(length_col).count()
+    return counts.select(length_col, F.coalesce(F.sum("count").over(longer), F.lit(0)).alias("_offset"))
+
+
 def token_balanced(histories: DataFrame, partitions: int, length_col: str = "n") -> DataFrame:
     """``histories`` repartitioned into ``partitions`` token-balanced partitions,
     sorted by history length within each partition (for padding-light batches)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    counts = {int(r[length_col]): int(r["count"]) for r in histories.groupBy(length_col).count().collect()}
-    if not counts:
-        return histories.repartition(partitions)
-    offsets = class_offsets(counts)
     keys = partition_keys(partitions)
-    offset_expr = F.element_at(
-        F.create_map(*[x for n, o in offsets.items() for x in (F.lit(n), F.lit(o))]), F.col(length_col)
-    )
+    offsets = F.broadcast(_class_offsets_frame(histories, length_col))
     rank = F.row_number().over(Window.partitionBy(length_col).orderBy("user_id")) - 1
-    position = offset_expr + rank
+    position = F.col("_offset") + rank
     rnd = F.floor(position / partitions)
     offset = F.pmod(position, F.lit(partitions))
     target = F.when(rnd % 2 == 0, offset).otherwise(partitions - 1 - offset)
     key = F.element_at(F.array(*[F.lit(k).cast("bigint") for k in keys]), (target + 1).cast("int"))
     return (
-        histories.withColumn("_partition_key", key)
+        histories.join(offsets, length_col)
+        .withColumn("_partition_key", key)
         .repartition(partitions, "_partition_key")
-        .drop("_partition_key")
+        .drop("_partition_key", "_offset")
+        .select(*histories.columns)
         .sortWithinPartitions(length_col, "user_id")
     )

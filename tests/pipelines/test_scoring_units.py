@@ -12,7 +12,7 @@ import torch
 from lime_model.scoring import score_from_tables
 from pipelines.candidates import CandidateMatrix, candidate_matrix
 from pipelines.errors import ConfigError, EmptyCatalogueError, NonFiniteValueError, TopKTooLargeError
-from pipelines.partitioning import class_offsets, snake_partition
+from pipelines.partitioning import snake_partition
 from pipelines.scoring import (
     LinkFiles,
     ScoringConfig,
@@ -110,7 +110,6 @@ def test_snake_partition_balances_sorted_lengths() -> None:
     parts = snake_partition(np.arange(len(lengths)), 7)
     tokens = np.bincount(parts, weights=lengths, minlength=7)
     assert tokens.max() - tokens.min() <= lengths.max()
-    assert class_offsets({3: 5, 10: 2, 1: 4}) == {10: 0, 3: 2, 1: 7}
 
 
 def test_link_files_stream_each_file_with_its_users_seen_lists(tmp_path) -> None:

@@ -37,7 +37,7 @@ def raised(error: BaseException) -> BaseException:
     """``error`` with a traceback, as it is after a real ``raise``."""
     try:
         raise error
-    except BaseException as exc:  # noqa: BLE001 - returned to the caller
+    except BaseException as exc:
         return exc
 
 
@@ -87,8 +87,8 @@ def test_errors_with_fields_survive_pickling() -> None:
 
 def test_error_with_fields_but_no_note_is_a_table_error_not_a_hollow_instance(
         caplog: pytest.LogCaptureFixture) -> None:
-    text = FakePythonException("Traceback (most recent call last):\n"
-                               "pipelines.errors.TableNotFoundError: table 'items' does not exist (no Delta log at /x)\n")
+    text = FakePythonException("Traceback (most recent call last):\n" "pipelines.errors.TableNotFoundError: "
+                               "table 'items' does not exist (no Delta log at /x)\n")
     with pytest.raises(TableError) as info:
         reraise_task_error(text)
     assert type(info.value) is TableError

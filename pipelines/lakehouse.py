@@ -639,31 +639,12 @@ class DeltaRsStore:
         metadata: Mapping[str, object] | None = None,
     ) -> CommitResult:
         """Check the guards, then commit ``files`` as ONE Delta version."""
-        from deltalake import DeltaTable
-        from deltalake.exceptions import CommitFailedError, DeltaError
-        from deltalake.transaction import (
-            AddAction,
-            CommitProperties,
-            Transaction,
-            create_table_with_add_actions,
-        )
+        from deltalake.exceptions import CommitFailedError
+        from deltalake.transaction import AddAction, CommitProperties, Transaction
 
         faults.commit_point(spec.name)  # no-op unless $LIME_RANK_FAULT names this table (tests)
         uri = self.uri(spec.name)
-        fs, root = pafs.FileSystem.from_uri(uri)
-        infos = fs.get_file_info([f"{root}/{f.path}" for f in files])
-        missing = [f.path for f, info in zip(files, infos, strict=True) if info.type != pafs.FileType.File]
-        if missing:
-            raise MissingDataFileError(
-                f"table {spec.name!r}: {len(missing)} file(s) to commit do not exist, e.g. {missing[:3]}"
-            )
-        if mode == "overwrite" and partition is not None:
-            outside = [f.path for f in files if f.partition_values != dict(partition)]
-            if outside:
-                raise PartitionOutsideOverwriteError(
-                    f"table {spec.name!r}: overwriting partition {dict(partition)} but {len(outside)} file(s) "
-                    f"belong elsewhere, e.g. {outside[:3]}"
-                )
+        _check_files_to_commit(spec.name, uri, files, mode, partition)
         now_ms = int(time.time() * 1000)
         adds = [
             AddAction(f.path, f.size, f.partition_values, now_ms, True, f.stats) for f in files
@@ -674,9 +655,8 @@ class DeltaRsStore:
         props = CommitProperties(
             custom_metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in custom.items()},
             app_transactions=[Transaction(app_id, _TXN_VERSION)],
-            max_commit_retries=0,
+            max_commit_retries=0,  # _commit_once relies on it to know the version it wrote
         )
-        schema = spec.schema
         for attempt in range(_COMMIT_ATTEMPTS):
             table = self._load(spec)
             if table is not None and table.transaction_version(app_id) is not None:
@@ -694,23 +674,11 @@ class DeltaRsStore:
                         f"(another run wrote it); not committing {len(files)} file(s) of app id {app_id}"
                     )
             try:
-                if table is None:
-                    try:
-                        create_table_with_add_actions(
-                            uri, _delta_schema(schema), adds, mode="error",
-                            partition_by=list(spec.partition_by) or None, commit_properties=props,
-                        )
-                    except DeltaError as exc:
-                        if "already exists" not in str(exc) or attempt == _COMMIT_ATTEMPTS - 1:
-                            raise
-                        continue  # created meanwhile by another writer: check the guards again
-                else:
-                    table.create_write_transaction(
-                        adds, mode, _delta_schema(schema),
-                        partition_by=list(spec.partition_by) or None,
-                        partition_filters=_partition_filters(partition) if mode == "overwrite" else None,
-                        commit_properties=props,
-                    )
+                version = self._commit_once(spec, table, adds, mode=mode, partition=partition, props=props)
+            except _CreatedMeanwhile:
+                if attempt == _COMMIT_ATTEMPTS - 1:
+                    raise
+                continue  # created meanwhile by another writer: check the guards again
             except CommitFailedError as exc:
                 # another writer took the version we meant to write: re-check the guards
                 if attempt == _COMMIT_ATTEMPTS - 1:
@@ -719,11 +687,80 @@ class DeltaRsStore:
                     ) from exc
                 log.warning("%s: commit raced with another writer (%s); re-checking", spec.name, exc)
                 continue
-            version = DeltaTable(uri).version()
+            _check_commit_is_ours(spec.name, uri, version, app_id)
             log.info("%s: committed version %d (%s, %d file(s), %d row(s), app id %s)",
                      spec.name, version, mode, len(files), rows, app_id)
             return CommitResult(spec.name, version, len(files), rows, skipped=False)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _commit_once(self, spec: TableSpec, table: DeltaTable | None, adds: list[Any], *, mode: WriteMode,
+                     partition: Mapping[str, str] | None, props: Any) -> int:
+        """One commit attempt on snapshot ``table`` (None: create the table); the version it wrote.
+
+        The version comes from the commit itself, never from re-reading the table (another
+        writer may have committed since): ``props`` sets ``max_commit_retries=0``, so delta-rs
+        writes exactly the snapshot's next version or raises ``CommitFailedError``; creating
+        a table writes version 0 or fails because it exists.
+        """
+        from deltalake.exceptions import DeltaError
+        from deltalake.transaction import create_table_with_add_actions
+
+        uri = self.uri(spec.name)
+        partition_by = list(spec.partition_by) or None
+        if table is None:
+            try:
+                create_table_with_add_actions(uri, _delta_schema(spec.schema), adds, mode="error",
+                                              partition_by=partition_by, commit_properties=props)
+            except DeltaError as exc:
+                if "already exists" in str(exc):
+                    raise _CreatedMeanwhile(str(exc)) from exc
+                raise
+            return 0
+        table.create_write_transaction(
+            adds, mode, _delta_schema(spec.schema), partition_by=partition_by,
+            partition_filters=_partition_filters(partition) if mode == "overwrite" else None,
+            commit_properties=props,
+        )
+        return table.version() + 1
+
+
+def _check_files_to_commit(table: str, uri: str, files: Sequence[DataFile], mode: WriteMode,
+                           partition: Mapping[str, str] | None) -> None:
+    """Every file exists (delta-rs would commit a missing one) and lies in the overwritten partition."""
+    fs, root = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info([f"{root}/{f.path}" for f in files])
+    missing = [f.path for f, info in zip(files, infos, strict=True) if info.type != pafs.FileType.File]
+    if missing:
+        raise MissingDataFileError(
+            f"table {table!r}: {len(missing)} file(s) to commit do not exist, e.g. {missing[:3]}"
+        )
+    if mode == "overwrite" and partition is not None:
+        outside = [f.path for f in files if f.partition_values != dict(partition)]
+        if outside:
+            raise PartitionOutsideOverwriteError(
+                f"table {table!r}: overwriting partition {dict(partition)} but {len(outside)} file(s) "
+                f"belong elsewhere, e.g. {outside[:3]}"
+            )
+
+
+class _CreatedMeanwhile(TableError):
+    """Another writer created the table between our snapshot and our create commit."""
+
+
+def _check_commit_is_ours(table: str, uri: str, version: int, app_id: str) -> None:
+    """The commit file of ``version`` names ``app_id`` (one small read of the Delta log).
+
+    Guards the assumption :meth:`DeltaRsStore._commit_once` makes about delta-rs (no
+    retries: our commit is the snapshot's next version), so that a change there cannot
+    put another writer's version into the CommitResult and the audit.
+    """
+    fs, root = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(f"{root}/_delta_log/{version:020d}.json") as stream:
+        lines = stream.read().decode("utf-8").splitlines()
+    infos = [json.loads(line)["commitInfo"] for line in lines if line.startswith('{"commitInfo"')]
+    if not infos or infos[0].get("lime_rank.app_id") != app_id:
+        raise TableError(f"table {table!r}: version {version} is not the commit of app id {app_id!r}; "
+                         "the committed version is unknown (see the table's history)")
 
 
 def _delta_schema(schema: pa.Schema) -> object:

@@ -23,12 +23,14 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -109,6 +111,25 @@ def resolve_root(root: str | os.PathLike[str]) -> str:
     if "://" in text:
         return text.rstrip("/")
     return str(Path(text).expanduser().resolve())
+
+
+def normalised_uri(uri: str) -> str:
+    """One spelling per location: local files as a plain absolute path (no ``file://``), no
+    ``.`` segments, doubled or trailing slashes; other schemes keep scheme and host."""
+    parts = urlsplit(uri)
+    path = posixpath.normpath(parts.path) if parts.path else "/"
+    if parts.scheme in ("", "file"):
+        return path
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _data_file_uri(table_uri: str, log_path: str) -> str:
+    """The normalised location of a file the Delta log names by ``log_path``: relative to the
+    table and percent-encoded (Delta protocol), or an absolute URI."""
+    path = unquote(log_path)
+    if "://" in path or path.startswith("/"):
+        return normalised_uri(path)
+    return normalised_uri(f"{table_uri.rstrip('/')}/{path}")
 
 
 def check_lakehouse_root(root: str) -> None:
@@ -465,12 +486,14 @@ class DeltaRsStore:
         table = self._load(TableSpec(name, pa.schema([])))
         if table is None:
             return 0
-        uris = set(table.file_uris(file_pruning_predicate=list(partition_filters)))
+        # both sides normalised: the root may be spelled file://, with ./ or a trailing slash,
+        # and the log's paths are percent-encoded where file_uris() are not
+        selected = {normalised_uri(u) for u in table.file_uris(file_pruning_predicate=list(partition_filters))}
         actions = pa.table(table.get_add_actions(flatten=False))
         total = 0
         for path, rows in zip(actions.column("path").to_pylist(), actions.column("num_records").to_pylist(),
                               strict=True):
-            if f"{self.uri(name)}/{path}" in uris:
+            if _data_file_uri(table.table_uri, path) in selected:
                 total += int(rows or 0)
         return total
 

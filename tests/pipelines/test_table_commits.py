@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from pipelines.lakehouse import DeltaRsStore
+from pipelines.lakehouse import DeltaRsStore, normalised_uri
 from pipelines.schemas import RECOMMENDATIONS
 
 
@@ -56,3 +56,31 @@ def test_table_creation_reports_version_0_when_another_writer_commits_right_afte
     monkeypatch.setattr(deltalake.transaction, "create_table_with_add_actions", create_then_race)
     result = store.write_arrow(recs("2024-01-01", range(3)), RECOMMENDATIONS, mode="append", app_id="mine")
     assert (DeltaTable(uri).version(), result.version) == (1, 0)
+
+
+def events_table(root: Path) -> None:
+    """Two partitions; one value needs percent-encoding in the Delta log's paths."""
+    data = pa.table({"user_id": [1, 2, 3], "event_date": ["2024-01-01", "2024-01-01", "late 2024%"]})
+    write_deltalake(str(root / "events"), data, partition_by=["event_date"])
+
+
+@pytest.mark.parametrize("spelling", ["file://{root}", "file://{root}/", "file://{parent}/./{name}", "{root}/"])
+def test_count_rows_does_not_depend_on_how_the_root_is_spelled(tmp_path: Path, spelling: str) -> None:
+    root = tmp_path / "lake"
+    events_table(root)
+    store = DeltaRsStore(None, spelling.format(root=root, parent=tmp_path, name="lake"))
+    assert store.count_rows("events", [("event_date", "=", "2024-01-01")]) == 2
+    assert store.count_rows("events", [("event_date", ">", "2024-01-01")]) == 1
+
+
+def test_count_rows_of_a_partition_value_that_the_log_percent_encodes(tmp_path: Path) -> None:
+    events_table(tmp_path)
+    assert DeltaRsStore(None, tmp_path).count_rows("events", [("event_date", "=", "late 2024%")]) == 1
+
+
+@pytest.mark.parametrize(("uri", "want"), [
+    ("file:///lake/./events/", "/lake/events"), ("/lake//events", "/lake/events"),
+    ("s3://bucket/lake/./events/", "s3://bucket/lake/events"),
+])
+def test_normalised_uri_has_one_spelling_per_location(uri: str, want: str) -> None:
+    assert normalised_uri(uri) == want

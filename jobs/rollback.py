@@ -3,7 +3,9 @@
 One new commit re-adds the data files of that version's partition (no data is
 rewritten; other ds partitions are left as they are now).  Find the version with
 ``DeltaTable(uri).history()`` or the run_audit table (``table_version`` of the
-last good run).  Fails with MissingDataFileError if those files were vacuumed.
+last good run).  Fails with MissingDataFileError if those files were vacuumed, with
+UnsupportedTableFeatureError on a table with deletion vectors or column mapping, and with
+UnsupportedOnEngineError when $LIME_RANK_TABLE_ENGINE=delta-spark.
 
     lime-rank rollback --lakehouse DIR --table recommendations --ds 2024-01-30 --to-version 41
 """
@@ -30,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None) -> int:
     from pipelines.audit import AuditRecord, append_audit, new_run_id
-    from pipelines.lakehouse import DeltaRsStore, check_lakehouse_root
-    from pipelines.maintenance import rollback_partition
+    from pipelines.lakehouse import check_lakehouse_root
+    from pipelines.maintenance import rollback_partition, rollback_store
     from pipelines.schemas import ALL_TABLES
 
     args = build_parser().parse_args(argv)
-    store = DeltaRsStore(None, args.lakehouse)
+    store = rollback_store(args.lakehouse)
     check_lakehouse_root(store.root)
     result = rollback_partition(store, ALL_TABLES[args.table], {"ds": args.ds}, args.to_version)
     record = AuditRecord(job=f"rollback:{args.table}", ds=args.ds, run_id=new_run_id(), table_version=result.version,

@@ -42,6 +42,8 @@ __all__ = [
     "TableNotFoundError",
     "TopKTooLargeError",
     "UnsupportedModelError",
+    "UnsupportedOnEngineError",
+    "UnsupportedTableFeatureError",
 ]
 
 
@@ -152,6 +154,15 @@ class PartitionOutsideOverwriteError(TableError):
 
 class ConcurrentWriteError(TableError):
     """The partition being overwritten changed since this writer read its snapshot."""
+
+
+class UnsupportedTableFeatureError(TableError):
+    """The table uses a Delta feature (deletion vectors, column mapping) that reading or
+    re-adding its data files by the log's file list cannot honour."""
+
+
+class UnsupportedOnEngineError(TableError):
+    """The operation is not available on the lakehouse's table engine."""
 
 
 class ModelVersionMismatchError(LimeRankError):

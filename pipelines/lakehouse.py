@@ -45,6 +45,7 @@ from pipelines.errors import (
     SchemaMismatchError,
     TableError,
     TableNotFoundError,
+    UnsupportedTableFeatureError,
     reraise_task_error,
 )
 from pipelines.parquet_files import (
@@ -68,10 +69,6 @@ ArrowTask = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 ENGINE_ENV = "LIME_RANK_TABLE_ENGINE"  # auto | delta-rs | delta-spark
 _TXN_VERSION = 1
 _COMMIT_ATTEMPTS = 5
-
-
-class UnsupportedTableFeatureError(TableError):
-    """The table uses a Delta feature that file-list reads cannot honour."""
 
 
 @dataclass(frozen=True)
@@ -360,20 +357,32 @@ class DeltaRsStore:
     def arrow_schema(self, spec: TableSpec, version: int | None = None) -> pa.Schema:
         return pa.schema(self.delta_table(spec, version).schema().to_arrow())
 
-    def _check_readable(self, spec: TableSpec, table: DeltaTable) -> None:
+    @staticmethod
+    def check_file_list_exact(spec: TableSpec, table: DeltaTable) -> None:
+        """Refuse a snapshot whose rows are not exactly its data files' rows: deletion vectors
+        hide rows of a file, column mapping gives the files' columns physical names.  Reads by
+        file list and rollbacks that re-add old files both rely on it."""
         protocol = table.protocol()
-        features = set(protocol.reader_features or [])
-        if protocol.min_reader_version > 1 and features - {"timestampNtz", "vacuumProtocolCheck"}:
+        features = set(protocol.reader_features or []) - {"timestampNtz", "vacuumProtocolCheck"}
+        if protocol.min_reader_version > 1 and features:
             raise UnsupportedTableFeatureError(
                 f"table {spec.name!r} uses reader features {sorted(features)} (e.g. deletion vectors or "
-                "column mapping): reading by file list would be wrong; use the delta-spark engine"
+                "column mapping): reading or re-adding its files by file list would be wrong; use the "
+                "delta-spark engine"
+            )
+        # reader version 2 names no features: column mapping shows in the configuration only
+        mapping = table.metadata().configuration.get("delta.columnMapping.mode") or "none"
+        if mapping != "none":
+            raise UnsupportedTableFeatureError(
+                f"table {spec.name!r} uses column mapping (mode {mapping!r}): its files name columns by "
+                "physical ids, so reading or re-adding them by file list would be wrong; use the delta-spark engine"
             )
 
     def file_uris(
         self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
     ) -> list[str]:
         table = self.delta_table(spec, version)
-        self._check_readable(spec, table)
+        self.check_file_list_exact(spec, table)
         return list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
 
     def read(
@@ -399,7 +408,7 @@ class DeltaRsStore:
         """Any table by name, with whatever schema it has (inputs owned by other teams)."""
         spec = TableSpec(name, pa.schema([]))
         table = self.delta_table(spec, version)
-        self._check_readable(spec, table)
+        self.check_file_list_exact(spec, table)
         schema = pa.schema(table.schema().to_arrow())
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
         return self._read_files(name, schema, files)
@@ -432,7 +441,7 @@ class DeltaRsStore:
             raise ValueError(f"table {spec.name!r}: read_arrow takes data columns of the spec, not {wrong}")
         table = self.delta_table(spec)  # one snapshot for the schema check and the file list
         check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=True)
-        self._check_readable(spec, table)
+        self.check_file_list_exact(spec, table)
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
         wanted = pa.schema([spec.data_schema.field(c) for c in columns])
         if not files:

@@ -12,20 +12,25 @@
   commit that re-adds that version's data files (no data is rewritten), leaving every
   other partition as it is now.  It goes through the table layer's guards: files that
   were vacuumed meanwhile are :class:`MissingDataFileError`, a concurrent writer of
-  the partition :class:`ConcurrentWriteError`.
+  the partition :class:`ConcurrentWriteError`.  It refuses (:class:`UnsupportedTableFeatureError`)
+  a table with deletion vectors or column mapping, now or at ``to_version``: an old add action
+  may carry a deletion vector that a bare re-add would drop (deleted rows come back), and
+  column-mapped files are only readable through the table's mapping.  On the delta-spark
+  engine it refuses with :class:`UnsupportedOnEngineError` (see :func:`rollback_partition`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipelines.errors import ConfigError, PartitionNotFoundError
-from pipelines.lakehouse import CommitResult, DeltaRsStore, _check_partition_arg
+from pipelines.errors import ConfigError, PartitionNotFoundError, UnsupportedOnEngineError
+from pipelines.lakehouse import ENGINE_ENV, CommitResult, DeltaRsStore, TableStore, _check_partition_arg
 from pipelines.parquet_files import DataFile
 from pipelines.schemas import TableSpec
 
@@ -75,13 +80,40 @@ def _stats(row: Mapping[str, object]) -> str:
                       separators=(",", ":"))
 
 
-def rollback_partition(store: DeltaRsStore, spec: TableSpec, partition: Mapping[str, str], to_version: int,
+def _rollback_unsupported(engine: str) -> UnsupportedOnEngineError:
+    return UnsupportedOnEngineError(
+        f"rollback of one partition is not available on the {engine} engine: Delta's RESTORE TABLE "
+        "restores the whole table (it also undoes every other partition's later commits); rewrite "
+        "the partition with Spark instead: read it with versionAsOf and write it back with replaceWhere"
+    )
+
+
+def rollback_store(root: str) -> DeltaRsStore:
+    """The store ``lime-rank rollback`` works through (no Spark session): delta-rs, unless
+    ``$LIME_RANK_TABLE_ENGINE`` says the lakehouse is delta-spark's (then refused)."""
+    engine = (os.environ.get(ENGINE_ENV) or "auto").strip()
+    if engine == "delta-spark":
+        raise _rollback_unsupported(engine)
+    return DeltaRsStore(None, root)
+
+
+def rollback_partition(store: TableStore, spec: TableSpec, partition: Mapping[str, str], to_version: int,
                        ) -> CommitResult:
-    """Make ``partition`` of ``spec`` hold what it held at ``to_version``, in one new commit."""
+    """Make ``partition`` of ``spec`` hold what it held at ``to_version``, in one new commit.
+
+    delta-rs only.  On delta-spark this is refused rather than done with Delta's ``RESTORE``:
+    RESTORE rolls back the whole table, i.e. every other partition's later commits too (other
+    days' recommendations), which is not what this operation promises; and re-adding files
+    through delta-rs would bypass the features delta-spark tables may use.
+    """
+    if not isinstance(store, DeltaRsStore):
+        raise _rollback_unsupported(store.engine)
     target = _check_partition_arg(spec, partition)
     assert target is not None
     current = store.delta_table(spec)
     old = store.delta_table(spec, to_version)  # TableError naming the versions when it does not exist
+    for snapshot in (current, old):
+        store.check_file_list_exact(spec, snapshot)
     actions = pa.table(old.get_add_actions(flatten=False)).to_pylist()
     files = [
         DataFile(path=a["path"], partition_values=dict(a["partition"]), size=int(a["size_bytes"]),

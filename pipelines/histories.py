@@ -4,7 +4,9 @@ Pure DataFrame transforms (no I/O): the job reads the inputs and writes the outp
 
 Rules (DESIGN.md §2), each dropped row counted:
 
-* only events with ``ts`` before the end of ``ds`` (UTC) -> ``events_after_ds``;
+* only events with ``ts`` before the end of ``ds`` (UTC) -> ``events_after_ds``, whatever
+  ``event_date`` partition they are filed under (a late event filed under a later day is kept
+  and counted in ``late_filed_events``);
 * rows with a null ``user_id``, ``item_id`` or ``ts`` -> ``null_ids``; negative ids -> ``negative_ids``;
 * exact duplicate events (same user, item, ts) kept once -> ``duplicate_events``;
 * items unknown to the model vocabulary -> ``unknown_items`` (the user stays, possibly
@@ -30,13 +32,6 @@ if TYPE_CHECKING:
 
 MAX_HISTORY_LIMIT = 100_000
 EVENT_DATE = "event_date"  # optional string partition column of events (UTC day of ts)
-
-# count name -> meaning (the audit record carries every one of them)
-DROP_COUNTS = (
-    "events_read", "events_after_ds", "null_ids", "negative_ids", "duplicate_events",
-    "unknown_items", "truncated_events",
-)
-
 
 @dataclass(frozen=True)
 class HistoryConfig:
@@ -66,17 +61,44 @@ def check_events_schema(events: DataFrame) -> None:
     require_columns("events", events.schema, {"user_id": INTEGER, "item_id": INTEGER, "ts": TIMESTAMP})
 
 
+def is_date_partitioned(events: DataFrame) -> bool:
+    return EVENT_DATE in events.columns and events.schema[EVENT_DATE].dataType.simpleString() == "string"
+
+
 def prune_events(events: DataFrame, ds: str) -> DataFrame:
-    """Keep only partitions that can hold events up to ``ds`` when the table is date-partitioned."""
+    """The rows of a date-partitioned ``events`` table that can matter for ``ds``: every row filed
+    under ``event_date <= ds``, plus the rows of later partitions whose ``ts`` is on or before
+    ``ds`` (or null).
+
+    Upstreams file late events under their arrival day, so ``event_date`` bounds nothing: pruning
+    the later partitions outright dropped such events.  A margin of days would only make that
+    rarer.  The filter on ``ts`` is a plain data filter, so Parquet row-group statistics (and
+    Delta's file statistics on delta-spark) skip the later partitions' data without decoding it;
+    the histories equal an unpruned read's.  The rows not read are counted by
+    :func:`with_unread_later_rows`."""
     from pyspark.sql import functions as F
 
-    if EVENT_DATE in events.columns and events.schema[EVENT_DATE].dataType.simpleString() == "string":
-        return events.where(F.col(EVENT_DATE) <= F.lit(ds))
-    return events
+    if not is_date_partitioned(events):
+        return events
+    end = F.to_timestamp(F.lit(HistoryConfig(ds=ds, max_history=1).end_exclusive))
+    filed_by_ds = events.where(F.col(EVENT_DATE) <= F.lit(ds))
+    filed_later = events.where(F.col(EVENT_DATE) > F.lit(ds)).where(F.col("ts").isNull() | (F.col("ts") < end))
+    return filed_by_ds.unionByName(filed_later)
+
+
+def with_unread_later_rows(drops: dict[str, int], later_dated_rows: int) -> dict[str, int]:
+    """The counts of a :func:`prune_events` read as an unpruned read gives them: the rows of later
+    partitions that were not read (``later_dated_rows`` from the table log, minus those read) had a
+    ``ts`` after ``ds``, so they count as read and as ``events_after_ds``.  (Unlike an unpruned read,
+    such a row with a null or negative id counts as after ``ds`` rather than as a bad id.)"""
+    unread = later_dated_rows - drops["later_dated_rows"]
+    return {**drops, "events_read": drops["events_read"] + unread,
+            "events_after_ds": drops["events_after_ds"] + unread, "later_dated_rows": later_dated_rows}
 
 
 def flag_events(events: DataFrame, cfg: HistoryConfig) -> DataFrame:
-    """(user_id bigint, item_id bigint, ts timestamp) plus boolean drop flags."""
+    """(user_id bigint, item_id bigint, ts timestamp) plus boolean drop flags (and whether the row
+    was filed under an ``event_date`` after ds)."""
     from pyspark.sql import functions as F
 
     end = F.to_timestamp(F.lit(cfg.end_exclusive))
@@ -85,6 +107,7 @@ def flag_events(events: DataFrame, cfg: HistoryConfig) -> DataFrame:
         F.col("user_id").cast("bigint").alias("user_id"),
         F.col("item_id").cast("bigint").alias("item_id"),
         ts.alias("ts"),
+        (F.col(EVENT_DATE) > F.lit(cfg.ds) if is_date_partitioned(events) else F.lit(False)).alias("is_filed_later"),
     ).select(
         "*",
         (F.col("user_id").isNull() | F.col("item_id").isNull() | F.col("ts").isNull()).alias("is_null"),
@@ -95,8 +118,10 @@ def flag_events(events: DataFrame, cfg: HistoryConfig) -> DataFrame:
 
 
 def drop_counts(flagged: DataFrame) -> dict[str, int]:
-    """One pass: rows read, rows dropped for null ids, negative ids, events after ds, and the
-    valid events of the day ds itself (``events_on_ds``)."""
+    """One pass: rows read, rows dropped for null ids, negative ids, events after ds, the
+    valid events of the day ds itself (``events_on_ds``), the rows filed under an ``event_date``
+    after ds (``later_dated_rows``) and the valid events up to ds among them (``late_filed_events``,
+    kept)."""
     from pyspark.sql import functions as F
 
     valid = ~F.col("is_null") & ~F.col("is_negative")
@@ -106,9 +131,10 @@ def drop_counts(flagged: DataFrame) -> dict[str, int]:
         F.sum((~F.col("is_null") & F.col("is_negative")).cast("long")).alias("negative_ids"),
         F.sum((valid & F.col("is_future")).cast("long")).alias("events_after_ds"),
         F.sum((valid & ~F.col("is_future") & F.col("is_on_or_after_ds")).cast("long")).alias("events_on_ds"),
+        F.sum(F.col("is_filed_later").cast("long")).alias("later_dated_rows"),
+        F.sum((valid & ~F.col("is_future") & F.col("is_filed_later")).cast("long")).alias("late_filed_events"),
     ).head()
-    return {k: int(row[k] or 0)
-            for k in ("events_read", "null_ids", "negative_ids", "events_after_ds", "events_on_ds")}
+    return {k: int(row[k] or 0) for k in row.asDict()}
 
 
 def user_event_lists(flagged: DataFrame, known_items: DataFrame, cfg: HistoryConfig) -> DataFrame:

@@ -163,10 +163,8 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         assert isinstance(drops, dict)
         if not allow_empty_ds:
             _require_events_on_ds(ctx, drops["events_on_ds"])
-        if pruned is not events:  # later date partitions are not read; their rows count as after ds
-            later = ctx.store.count_rows("events", [(h.EVENT_DATE, ">", ctx.ds)])
-            drops["events_after_ds"] += later
-            drops["events_read"] += later
+        if pruned is not events:  # rows of later date partitions with ts after ds are not read
+            drops = h.with_unread_later_rows(drops, ctx.store.count_rows("events", [(h.EVENT_DATE, ">", ctx.ds)]))
         per_user = h.user_event_lists(flagged, ctx.vocabulary(), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             kept = _timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))

@@ -44,7 +44,8 @@ def test_rules(spark) -> None:
     assert out[1].ts[0].isoformat().startswith("2024-03-04T05:00")
     assert out[1].n == 3 and out[1].ds == DS
     assert (out[3].item_ids, out[3].n) == ([], 0)
-    assert drops == {"events_read": 13, "null_ids": 2, "negative_ids": 1, "events_after_ds": 1, "events_on_ds": 1}
+    assert drops == {"events_read": 13, "null_ids": 2, "negative_ids": 1, "events_after_ds": 1, "events_on_ds": 1,
+                     "later_dated_rows": 0, "late_filed_events": 0}
     assert kept == {"distinct_events": 8, "known_events": 5, "truncated_events": 2, "users": 2,
                     "users_without_known_items": 1}
 
@@ -69,3 +70,30 @@ def test_missing_or_retyped_columns_are_named(spark) -> None:
 def test_config_is_validated(ds: str, max_history: int, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         h.HistoryConfig(ds=ds, max_history=max_history)
+
+
+def test_event_on_or_before_ds_filed_under_a_later_event_date_is_kept_as_in_an_unpruned_read(spark) -> None:
+    """Upstream files late events under their arrival day: pruning later ``event_date`` partitions
+    must not drop an event whose ``ts`` is on or before ``ds`` (nor count it as after ds)."""
+    rows = [
+        ("2024-03-10", 1, 10, ts(10, 5)),
+        ("2024-03-11", 1, 11, ts(10, 23)),  # on ds, filed the next day
+        ("2024-03-12", 1, 12, ts(9)),  # before ds, filed two days later
+        ("2024-03-11", 1, 13, ts(11, 1)),  # after ds
+        ("2024-03-11", 2, 14, ts(11, 2)),  # after ds: user 2 has no event up to ds
+        ("2024-03-12", 3, None, None),  # null ts in a later partition: a null-id drop either way
+    ]
+    events = spark.createDataFrame(rows, "event_date string, user_id bigint, item_id bigint, ts timestamp")
+    cfg = h.HistoryConfig(ds=DS, max_history=5)
+    vocab = spark.createDataFrame([(i,) for i in (10, 11, 12, 13, 14)], "item_id bigint")
+
+    def extract(source):
+        flagged = h.flag_events(source, cfg)
+        per_user = h.user_event_lists(flagged, vocab, cfg)
+        return {r.user_id: r.item_ids for r in h.to_histories(per_user, cfg).collect()}, h.drop_counts(flagged)
+
+    pruned, pruned_drops = extract(h.prune_events(events, DS))
+    unpruned, unpruned_drops = extract(events)
+    assert pruned == unpruned == {1: [12, 10, 11]}
+    later_rows = 5  # every row of the partitions after ds, as the table log counts them
+    assert h.with_unread_later_rows(pruned_drops, later_rows) == {**unpruned_drops, "late_filed_events": 2}

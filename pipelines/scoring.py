@@ -10,8 +10,9 @@ matrix product and a bounded top-K per block, never as user x candidate rows:
   fly (``lime_model.scoring.fold_candidates``) so one GEMM scores it, and keeps a
   running exact top-K;
 * **sharded** (it does not fit): candidates are split into id ranges; every task
-  reads only its shard's rows from the table files, keeps a per-shard top-K, and
-  the per-shard lists (``shards x K`` rows per user) are merged by a window.
+  holds a chunk of its users (``user_chunk_bytes``), reads the shards from the table
+  files one after the other and merges each shard's top-K into a running top-K, so
+  the users' input is read once and the lists need no merge afterwards.
 
 Both give the same lists: score descending, item id ascending on ties.  Seen items
 are excluded when ``exclude_seen``; users without a usable history get the
@@ -23,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import reduce
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 
 from pipelines.candidates import CandidateMatrix, candidate_matrix
 from pipelines.errors import ConfigError, NonFiniteValueError, TopKTooLargeError
-from pipelines.model_runtime import DEVICE_POLICIES, load_model, task_device
+from pipelines.model_runtime import DEVICE_POLICIES, LoadedModel, load_model, task_device
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +69,9 @@ class ScoringConfig:
     # above it they are joined by a shuffle in Spark (0: always), whose L_P rows cost JVM memory
     seen_broadcast_max_bytes: int = 128 * 1024 * 1024
     shards: int | None = None
+    # sharded candidates: a scoring task holds up to this much of its users' input while it walks
+    # the shards (each shard is read once per such chunk; the users' input once in all)
+    user_chunk_bytes: int = 256 * 1024 * 1024
     candidate_block: int = CANDIDATE_BLOCK
     user_block: int = 1024
     device: str = "cpu"
@@ -83,6 +86,8 @@ class ScoringConfig:
             raise ConfigError(f"broadcast_max_bytes must be >= 1, got {self.broadcast_max_bytes}")
         if self.seen_broadcast_max_bytes < 0:
             raise ConfigError(f"seen_broadcast_max_bytes must be >= 0, got {self.seen_broadcast_max_bytes}")
+        if self.user_chunk_bytes < 1:
+            raise ConfigError(f"user_chunk_bytes must be >= 1, got {self.user_chunk_bytes}")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"shards must be >= 1, got {self.shards}")
         if self.candidate_block < 1 or self.user_block < 1:
@@ -272,45 +277,79 @@ def _check_finite_links(flat: np.ndarray, user_ids: pa.Array, width: int) -> Non
         )
 
 
-def _score_task(cfg: ScoringConfig, source: CandidateSource, k: int, reader: LinkFiles | None = None):
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import torch
+def _score_block(loaded: LoadedModel, batch: pa.RecordBatch, cands: CandidateMatrix, k: int,
+                 cfg: ScoringConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One user block (user_id, l_p, [seen], [candidates]) against ``cands`` -> (ids, scores) ``(B, k)``."""
+    import torch
 
+    mc = loaded.config
+    flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
+    _check_finite_links(flat, batch.column("user_id"), mc.n_links * mc.d_model)
+    l_p = torch.from_numpy(flat.astype(np.float32)).view(batch.num_rows, mc.n_links, mc.d_model).to(device)
+    seen = batch.column("seen") if cfg.exclude_seen else None
+    lists = batch.column("candidates") if "candidates" in batch.schema.names else None
+    with torch.inference_mode():
+        values = loaded.model.link_values(l_p).float()  # (B, ell, d)
+        # users with their own candidate list are scored on it; the others on the catalogue
+        own = (np.zeros(batch.num_rows, bool) if lists is None
+               else pc.is_valid(lists).to_numpy(zero_copy_only=False))
+        ids = torch.empty((batch.num_rows, k), dtype=torch.int64, device=device)
+        scores = torch.empty((batch.num_rows, k), dtype=torch.float32, device=device)
+        if (~own).any():
+            rows = np.flatnonzero(~own)
+            excluded = seen_positions(None if seen is None else seen.take(rows), cands.item_ids)
+            ids[rows], scores[rows] = topk_against(values[rows], cands, mc.n_heads, mc.n_links, k,
+                                                   excluded, cfg.candidate_block)
+        if own.any() and lists is not None:
+            rows = np.flatnonzero(own)
+            ids[rows], scores[rows] = topk_per_user_lists(
+                values[rows], cands, mc.n_heads, mc.n_links, k, lists.take(rows),
+                None if seen is None else seen.take(rows))
+    return ids, scores
+
+
+def _chunks(blocks: Iterator[pa.RecordBatch], max_bytes: int) -> Iterator[list[pa.RecordBatch]]:
+    """Consecutive user blocks grouped until a group holds ``max_bytes`` (0: one block per group)."""
+    chunk: list[pa.RecordBatch] = []
+    held = 0
+    for block in blocks:
+        chunk.append(block)
+        held += block.nbytes
+        if held >= max_bytes:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
+
+
+def _score_task(cfg: ScoringConfig, sources: Sequence[CandidateSource], k: int, reader: LinkFiles | None = None):
+    """mapInArrow function: every user of the partition against every candidate source, read once.
+
+    With several sources (candidate shards) the task holds up to ``cfg.user_chunk_bytes`` of its
+    users' input, scores them against one shard after the other and keeps a running top-K: the
+    users' input (user_links files or a Spark join) is read once, not once per shard, and no
+    ``shards x K`` rows per user need a merge by a shuffle afterwards."""
+    from lime_model.topk import merge_topk
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         if reader is not None:
             batches = reader(batches)
         device, _ = task_device(cfg.device)
         loaded = load_model(cfg.checkpoint, cfg.model_version, device)
         mc = loaded.config
-        cands = source.load(mc.n_heads, mc.n_links, mc.d_model)
         # user blocks of bounded size: memory per task is (user_block x candidate_block) scores
         blocks = (whole.slice(off, cfg.user_block) for whole in batches
                   for off in range(0, whole.num_rows, cfg.user_block))
-        for batch in blocks:
-            flat = pc.list_flatten(batch.column("l_p")).to_numpy(zero_copy_only=False)
-            _check_finite_links(flat, batch.column("user_id"), mc.n_links * mc.d_model)
-            l_p = torch.from_numpy(flat.astype(np.float32)).view(
-                batch.num_rows, mc.n_links, mc.d_model).to(device)  # (B, ell, d)
-            seen = batch.column("seen") if cfg.exclude_seen else None
-            user_ids = batch.column("user_id").to_numpy(zero_copy_only=False)
-            lists = batch.column("candidates") if "candidates" in batch.schema.names else None
-            with torch.inference_mode():
-                values = loaded.model.link_values(l_p).float()  # (B, ell, d)
-                # users with their own candidate list are scored on it; the others on the catalogue
-                own = (np.zeros(batch.num_rows, bool) if lists is None
-                       else pc.is_valid(lists).to_numpy(zero_copy_only=False))
-                ids = torch.empty((batch.num_rows, k), dtype=torch.int64, device=device)
-                scores = torch.empty((batch.num_rows, k), dtype=torch.float32, device=device)
-                if (~own).any():
-                    rows = np.flatnonzero(~own)
-                    excluded = seen_positions(None if seen is None else seen.take(rows), cands.item_ids)
-                    ids[rows], scores[rows] = topk_against(values[rows], cands, mc.n_heads, mc.n_links, k,
-                                                           excluded, cfg.candidate_block)
-                if own.any():
-                    rows = np.flatnonzero(own)
-                    ids[rows], scores[rows] = topk_per_user_lists(
-                        values[rows], cands, mc.n_heads, mc.n_links, k, lists.take(rows),
-                        None if seen is None else seen.take(rows))
-            yield topk_rows(user_ids, ids.cpu().numpy(), scores.cpu().numpy())
+        for chunk in _chunks(blocks, cfg.user_chunk_bytes if len(sources) > 1 else 0):
+            first = sources[0].load(mc.n_heads, mc.n_links, mc.d_model)
+            best = [_score_block(loaded, batch, first, k, cfg, device) for batch in chunk]
+            for source in sources[1:]:
+                cands = source.load(mc.n_heads, mc.n_links, mc.d_model)
+                for i, batch in enumerate(chunk):
+                    best[i] = merge_topk(*best[i], *_score_block(loaded, batch, cands, k, cfg, device), k)
+            for batch, (ids, scores) in zip(chunk, best, strict=True):
+                yield topk_rows(batch.column("user_id").to_numpy(zero_copy_only=False),
+                                ids.cpu().numpy(), scores.cpu().numpy())
 
     return run
 
@@ -357,26 +396,17 @@ def model_topk(
     reader: LinkFiles | None = None,
 ) -> DataFrame:
     """(user_id, rank, item_id, score) for ``users`` (user_id, l_p, seen) — lazy; with ``reader``,
-    ``users`` are :func:`link_file_rows` and each task reads its users itself."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    ``users`` are :func:`link_file_rows` and each task reads its users itself.  Sharded, each task
+    walks the shards itself (:func:`_score_task`), so ``users`` is read once."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     schema = from_arrow_schema(TOPK_SCHEMA)
     if mode == "broadcast":
-        assert broadcast is not None
-        return users.mapInArrow(_score_task(cfg, BroadcastCandidates(broadcast), cfg.top_k, reader), schema)
-    parts = [
-        users.mapInArrow(_score_task(cfg, ShardCandidates(tuple(files), lo, hi), cfg.top_k, reader), schema)
-        for lo, hi in shard_bounds(candidate_ids, shards)
-    ]
-    merged = reduce(lambda a, b: a.unionByName(b), parts)
-    order = Window.partitionBy("user_id").orderBy(F.desc("score"), F.asc("item_id"))
-    return (
-        merged.withColumn("rank", F.row_number().over(order).cast("int"))
-        .where(F.col("rank") <= cfg.top_k)
-        .select("user_id", "rank", "item_id", "score")
-    )
+        if broadcast is None:
+            raise ConfigError("broadcast scoring needs the candidate broadcast")
+        return users.mapInArrow(_score_task(cfg, [BroadcastCandidates(broadcast)], cfg.top_k, reader), schema)
+    shard_sources = [ShardCandidates(tuple(files), lo, hi) for lo, hi in shard_bounds(candidate_ids, shards)]
+    return users.mapInArrow(_score_task(cfg, shard_sources, cfg.top_k, reader), schema)
 
 
 def dot_product_topk(users: DataFrame, item_ids: np.ndarray, item_factors: np.ndarray, k: int,

@@ -125,9 +125,11 @@ def open_run(args: argparse.Namespace, app_name: str):
 
 def report_stage(result) -> None:
     """One line for the operator: what the stage did."""
+    from pipelines.lakehouse import count_text
+
     if result.skipped:
         print(f"{result.stage} ds={result.ds}: nothing to do ({result.metrics.get('skipped_reason', 'skipped')})")
     else:
         commit = result.commit
-        print(f"{result.stage} ds={result.ds}: {commit.rows} row(s) committed to {commit.table} "
+        print(f"{result.stage} ds={result.ds}: {count_text(commit.rows)} row(s) committed to {commit.table} "
               f"version {commit.version}")

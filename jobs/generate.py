@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.lakehouse import open_lakehouse
+    from pipelines.lakehouse import count_text, open_lakehouse
     from pipelines.sources import write_synthetic
     from pipelines.synthetic import SyntheticConfig
 
@@ -34,8 +34,8 @@ def _main(argv: list[str] | None) -> int:
     spark = spark_from_args(args, "lime-rank generate")
     store = open_lakehouse(spark, args.lakehouse)
     result = write_synthetic(spark, store, cfg)
-    print(f"events: {result.events.rows} rows (table version {result.events.version}); "
-          f"items: {result.items.rows} rows; days {result.first_day} .. {result.last_day}; "
+    print(f"events: {count_text(result.events.rows)} rows (table version {result.events.version}); "
+          f"items: {count_text(result.items.rows)} rows; days {result.first_day} .. {result.last_day}; "
           f"run the nightly job with --ds {result.last_day}")
     return 0
 

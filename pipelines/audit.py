@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipelines.lakehouse import DeltaRsStore, TableStore
+from pipelines.lakehouse import DeltaRsStore, TableStore, count_text
 from pipelines.schemas import RUN_AUDIT
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,10 @@ class AuditRecord:
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     _t0: float = field(default_factory=time.perf_counter)
 
-    def count(self, name: str, value: int) -> None:
-        self.metrics[name] = int(value)
-        log.info("%s %s: %s = %d", self.job, self.ds, name, value)
+    def count(self, name: str, value: int | None) -> None:
+        """Record a count; None (the engine could not know it) is kept as null, read "unknown"."""
+        self.metrics[name] = None if value is None else int(value)
+        log.info("%s %s: %s = %s", self.job, self.ds, name, count_text(value))
 
     def timing(self, name: str, seconds: float) -> None:
         self.metrics[f"seconds_{name}"] = round(float(seconds), 3)

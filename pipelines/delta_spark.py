@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipelines.errors import TableNotFoundError
+from pipelines.errors import ConfigError, TableError, TableNotFoundError
 from pipelines.lakehouse import (
     _TXN_VERSION,
     ArrowTask,
@@ -26,18 +28,93 @@ from pipelines.lakehouse import (
     WriteMode,
     _check_partition_arg,
     check_spark_schema,
+    count_text,
     resolve_root,
 )
 from pipelines.schemas import TableSpec
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
 
-def _where(partition: Mapping[str, str]) -> str:
-    return " AND ".join(f"`{k}` = '{v}'" for k, v in sorted(partition.items()))
+# partition filter operators (those delta-rs accepts too) as Column operations
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+
+
+def sql_identifier(name: str) -> str:
+    """``name`` as a back-quoted Spark SQL identifier (a back-quote inside is doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a Spark SQL string literal: Spark's parser takes backslash escapes, so the
+    backslash and the quote are escaped; nothing in ``value`` can end the literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def replace_where_sql(partition: Mapping[str, str]) -> str:
+    """The ``replaceWhere`` predicate of one partition (Delta takes it only as SQL text)."""
+    return " AND ".join(f"{sql_identifier(k)} = {sql_string(v)}" for k, v in sorted(partition.items()))
+
+
+def partition_condition(filters: Sequence[tuple[str, str, str]]) -> Column:
+    """``(column, op, value)`` filters ANDed as one Column expression (values are literals,
+    never parsed as SQL)."""
+    from pyspark.sql import functions as F
+
+    condition = F.lit(True)
+    for column, op, value in filters:
+        if op not in _OPERATORS:
+            raise ConfigError(f"partition filter operator must be one of {sorted(_OPERATORS)}, got {op!r}")
+        condition = condition & _OPERATORS[op](F.col(sql_identifier(column)), F.lit(value))
+    return condition
+
+
+def _equal_to(partition: Mapping[str, str]) -> Column:
+    return partition_condition([(k, "=", v) for k, v in sorted(partition.items())])
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One row of a Delta table's history (``DESCRIBE HISTORY``), the columns a commit result needs."""
+
+    version: int
+    user_metadata: str | None
+    operation_metrics: Mapping[str, str]
+
+
+def _app_id_of(user_metadata: str | None) -> str | None:
+    """The ``lime_rank.app_id`` our writes put in a commit's userMetadata (None: not ours)."""
+    if not user_metadata:
+        return None
+    try:
+        meta = json.loads(user_metadata)
+    except ValueError:
+        return None  # another writer's free-form userMetadata
+    app_id = meta.get("lime_rank.app_id") if isinstance(meta, dict) else None
+    return app_id if isinstance(app_id, str) else None
+
+
+def _metric(entry: HistoryEntry, name: str) -> int | None:
+    value = entry.operation_metrics.get(name)
+    return None if value is None else int(value)
+
+
+def commit_from_history(table: str, app_id: str, history: Iterable[HistoryEntry]) -> CommitResult:
+    """The commit of ``app_id`` among ``history``: its own version (not the table's latest, which
+    a concurrent writer may have made) and the files and rows Delta counted for it
+    (operationMetrics ``numFiles``, ``numOutputRows`` of a WRITE); None where Delta recorded no
+    metrics (``spark.databricks.delta.history.metricsEnabled=false``): unknown, not a number."""
+    ours = [e for e in history if _app_id_of(e.user_metadata) == app_id]
+    if not ours:
+        raise TableError(f"no commit of app id {app_id!r} in the history of table {table!r} after writing it")
+    entry = max(ours, key=lambda e: e.version)
+    return CommitResult(table, entry.version, _metric(entry, "numFiles"), _metric(entry, "numOutputRows"),
+                        skipped=False)
 
 
 class DeltaSparkStore:
@@ -69,23 +146,23 @@ class DeltaSparkStore:
     def table_id(self, spec: TableSpec) -> str | None:
         if self._jtable(spec) is None:
             return None
-        return str(self.spark.sql(f"DESCRIBE DETAIL delta.`{self.uri(spec.name)}`").select("id").head()[0])
+        detail = self.spark.sql(f"DESCRIBE DETAIL delta.{sql_identifier(self.uri(spec.name))}")
+        return str(detail.select("id").head()[0])
+
+    def _history(self, spec: TableSpec) -> list[HistoryEntry]:
+        """The table's commits that carry userMetadata, newest first (empty: no table)."""
+        from pyspark.sql import DataFrame as PyDataFrame
+
+        table = self._jtable(spec)
+        if table is None:
+            return []
+        rows = (PyDataFrame(table.history(), self.spark).where("userMetadata IS NOT NULL")
+                .select("version", "userMetadata", "operationMetrics").collect())
+        return [HistoryEntry(int(r.version), r.userMetadata, dict(r.operationMetrics or {})) for r in rows]
 
     def committed_version(self, spec: TableSpec, app_id: str) -> int | None:
-        if self._jtable(spec) is None:
-            return None
-        rows = (
-            self.spark.sql(f"DESCRIBE HISTORY delta.`{self.uri(spec.name)}`")
-            .where("userMetadata IS NOT NULL")
-            .select("userMetadata")
-            .collect()
-        )
-        for row in rows:
-            try:
-                if json.loads(row.userMetadata).get("lime_rank.app_id") == app_id:
-                    return _TXN_VERSION
-            except (ValueError, AttributeError):
-                continue
+        if any(_app_id_of(e.user_metadata) == app_id for e in self._history(spec)):
+            return _TXN_VERSION
         return None
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int:
@@ -101,10 +178,7 @@ class DeltaSparkStore:
         return None
 
     def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int:
-        df = self.read_table(name)
-        for column, op, value in partition_filters:
-            df = df.where(f"`{column}` {op} '{value}'")
-        return int(df.count())
+        return int(self.read_table(name).where(partition_condition(partition_filters)).count())
 
     def file_uris(
         self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
@@ -118,7 +192,7 @@ class DeltaSparkStore:
         if version is not None:
             reader = reader.option("versionAsOf", version)
         df = reader.load(self.uri(name))
-        return df.where(_where(partition)) if partition else df
+        return df.where(_equal_to(partition)) if partition else df
 
     def read(
         self,
@@ -135,7 +209,7 @@ class DeltaSparkStore:
             reader = reader.option("versionAsOf", version)
         df = reader.load(self.uri(spec.name))
         check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=allow_extra_columns)
-        return df.where(_where(partition)) if partition else df
+        return df.where(_equal_to(partition)) if partition else df
 
     def read_arrow(
         self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
@@ -167,10 +241,13 @@ class DeltaSparkStore:
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
         if mode == "overwrite" and target:
-            writer = writer.option("replaceWhere", _where(target))
+            writer = writer.option("replaceWhere", replace_where_sql(target))
         writer.save(self.uri(spec.name))
-        version = self.version(spec) or 0
-        return CommitResult(spec.name, version, -1, -1, skipped=False)
+        # from the history, by app id: the table's latest version may be a concurrent writer's
+        result = commit_from_history(spec.name, app_id, self._history(spec))
+        log.info("%s: committed version %d (%s file(s), %s row(s), app id %s)", spec.name, result.version,
+                 count_text(result.files), count_text(result.rows), app_id)
+        return result
 
     def stage(
         self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,

@@ -73,13 +73,22 @@ _COMMIT_ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class CommitResult:
-    """What a write did: the table version it produced (or found), files and rows added."""
+    """What a write did: the table version it produced (or found), files and rows added.
+
+    ``files`` and ``rows`` are None when the engine cannot know them (delta-spark with
+    Delta's history metrics turned off): shown as "unknown", never as a made-up number.
+    """
 
     table: str
     version: int
-    files: int
-    rows: int
+    files: int | None
+    rows: int | None
     skipped: bool  # True when this app id had already committed: nothing was written
+
+
+def count_text(count: int | None) -> str:
+    """A count for logs and messages: the number, or "unknown"."""
+    return "unknown" if count is None else str(count)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ class StageTiming:
     job: str
     status: str
     seconds: float
-    rows: int | None  # rows written (None: the stage wrote no table, or was skipped)
+    rows: int | None  # rows written (None: the stage wrote no table, or was skipped, or unknown)
+    rows_unknown: bool = False  # the stage wrote rows but the engine could not count them
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,10 @@ def stages_from_audit(rows: Sequence[Mapping[str, object]], run_id: str) -> list
         started, finished = row["started_at"], row["finished_at"]
         assert isinstance(started, dt.datetime) and isinstance(finished, dt.datetime)
         written = metrics.get("rows_written")
+        unknown = "rows_written" in metrics and written is None  # recorded as null: not counted
         stages.append(StageTiming(job, str(row["status"]), (finished - started).total_seconds(),
-                                  None if written is None else int(written)))  # type: ignore[call-overload]
+                                  None if written is None else int(written),  # type: ignore[call-overload]
+                                  rows_unknown=unknown))
     return stages
 
 
@@ -281,6 +284,10 @@ def _num(value: float | None, fmt: str = ",") -> str:
     return format(value, fmt)
 
 
+def _rows_cell(stage: StageTiming) -> str:
+    return "unknown" if stage.rows_unknown else _num(stage.rows)
+
+
 def render_report(data: ReportData) -> str:
     """The run report as one HTML document (plots embedded, no external resources)."""
     coverage = catalogue_coverage(data.item_counts, data.catalogue_ids)
@@ -304,7 +311,7 @@ def render_report(data: ReportData) -> str:
         for c in data.checks
     )
     stages = "\n".join(
-        f"<tr><td>{_esc(s.job)}</td><td>{_esc(s.status)}</td><td>{_num(s.rows)}</td>"
+        f"<tr><td>{_esc(s.job)}</td><td>{_esc(s.status)}</td><td>{_rows_cell(s)}</td>"
         f"<td>{s.seconds:.1f}</td></tr>"
         for s in data.stages
     )

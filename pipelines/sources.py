@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from lime_model.datasets import load_movielens_100k
-from pipelines.lakehouse import CommitResult, TableStore
+from pipelines.lakehouse import CommitResult, TableStore, count_text
 from pipelines.schemas import EVENTS, ITEMS
 from pipelines.synthetic import SyntheticConfig, generate_block, generate_items
 
@@ -58,8 +58,8 @@ def write_synthetic(spark: SparkSession | None, store: TableStore, cfg: Syntheti
             _generate_task(cfg), from_arrow_schema(EVENTS.schema)
         )
         events = store.write(df, EVENTS, mode="overwrite", app_id=f"{app}:events:{_nonce()}")
-    log.info("synthetic world: %d users, %d items, %d events (%s .. %s)",
-             cfg.users, cfg.items, events.rows, cfg.start, cfg.last_day)
+    log.info("synthetic world: %d users, %d items, %s events (%s .. %s)",
+             cfg.users, cfg.items, count_text(events.rows), cfg.start, cfg.last_day)
     return SourceWrite(events, items, cfg.start, cfg.last_day)
 
 

@@ -153,3 +153,17 @@ def test_collect_aggregates_counts_per_source_bins_model_scores_and_flags_nan(sp
     assert item_counts == {10: 3, 11: 2, 12: 1}
     assert dict(zip(agg.popularity.item_id, agg.popularity.interactions, strict=True)) == {10: 2, 13: 1}
     assert sorted(agg.catalogue_ids.tolist()) == [10, 11, 12, 13, 14]
+
+
+def test_rows_an_engine_could_not_count_show_as_unknown_not_as_a_number() -> None:
+    """delta-spark without history metrics: the commit has rows=None, the audit null, the report "unknown"."""
+    from pipelines.audit import AuditRecord
+
+    record = AuditRecord("score_topk", "2024-01-05", "r1")
+    record.count("rows_written", None)
+    assert record.metrics == {"rows_written": None}
+    row = {**_audit("score_topk", "r1", "succeeded", 0, 7, None), "metrics": record.metrics}
+    stages = stages_from_audit([row], "r1")
+    assert stages == [StageTiming("score_topk", "succeeded", 7.0, None, rows_unknown=True)]
+    page = render_report(ReportData(**{**vars(_data()), "stages": stages}))
+    assert "<tr><td>score_topk</td><td>succeeded</td><td>unknown</td>" in page

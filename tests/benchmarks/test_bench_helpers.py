@@ -51,10 +51,29 @@ def test_dot_product_engine_equals_brute_force(spark) -> None:
         assert got[got.user_id == u].item_id.tolist() == item_ids[order].tolist()
 
 
-def test_tree_rss_counts_this_process() -> None:
+def test_tree_rss_counts_resident_bytes_of_every_descendant() -> None:
+    """A child holding 64 MiB resident and 256 MiB mapped but untouched: counted in bytes, resident
+    only (not the virtual size), and under its parent (descendants are part of the tree)."""
     import os
+    import subprocess
+    import sys
 
-    assert tree_rss_bytes(os.getpid()) > 10 * 2**20
+    code = ("import mmap, sys\n"
+            "held = b'x' * (64 << 20)\n"  # written: resident
+            "reserved = mmap.mmap(-1, 256 << 20)\n"  # never touched: virtual only
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n")
+    before = tree_rss_bytes(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        alone, tree = tree_rss_bytes(child.pid), tree_rss_bytes(os.getpid())
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+    assert 64 << 20 <= alone < (64 + 48) << 20  # an interpreter is ~10 MiB; KiB or VmSize are far off
+    assert tree - before >= 60 << 20
 
 
 def test_ml100k_summary_means_over_seeds_and_ratios() -> None:

@@ -61,9 +61,14 @@ def test_dag_has_tags_docs_and_retries_of_at_least_two(dagbag: Any, dag_id: str)
 
 @pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
 def test_a_historical_ds_runs_every_task(dagbag: Any, dag_id: str) -> None:
-    # regression: with start_date 2024-01-01, `dags test ... 1998-04-22` (MovieLens) ran no task and succeeded
+    # regression: with start_date 2024-01-01, `dags test ... 1998-04-22` (MovieLens) ran no task and succeeded.
+    # A missing start date is a failure too, not a pass: the DAG must state an early one and every task
+    # must carry it (Airflow copies the DAG's; a task's own later date would skip that task).
     first_movielens_day = dt.datetime(1997, 9, 20, tzinfo=dt.UTC)
-    assert all(t.start_date is None or t.start_date <= first_movielens_day for t in dagbag.dags[dag_id].tasks)
+    dag = dagbag.dags[dag_id]
+    assert dag.start_date is not None and dag.start_date <= first_movielens_day
+    late = {t.task_id: t.start_date for t in dag.tasks if t.start_date is None or t.start_date > first_movielens_day}
+    assert late == {}, f"tasks without a start date on or before {first_movielens_day:%Y-%m-%d}: {late}"
 
 
 @pytest.mark.parametrize("dag_id", sorted(DAG_IDS))

@@ -307,10 +307,14 @@ def _candidate_count(ctx: RunContext) -> int:
     return rows
 
 
-def _longest_history(ctx: RunContext) -> int | None:
-    """max(n) of user_histories(ds) from the log's file statistics (None: unknown, the gate scans)."""
+def _longest_history(ctx: RunContext, histories: DataFrame) -> int:
+    """max(n) of user_histories(ds): from the log's file statistics, else by a Spark scan."""
+    from pyspark.sql import functions as F
+
     bounds = ctx.store.column_bounds(USER_HISTORIES, "n", {"ds": ctx.ds})
-    return None if bounds is None else int(bounds[1])
+    if bounds is not None:
+        return int(bounds[1])
+    return int(histories.agg(F.max("n")).head()[0] or 0)
 
 
 def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
@@ -372,10 +376,12 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                                                          partition=version_partition).column("item_id").to_numpy())
             files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition=version_partition)
         seen = histories.select("user_id", F.col("item_ids").alias("seen"))
-        # the seen lists ride along with each user's L_P: broadcast them while they are small (at most
-        # max_history ids per user), so L_P is never shuffled for the join; the popularity list is
-        # then counted from them on the driver too
-        seen_broadcast = history_rows * (8 * mc.max_history + 24) <= cfg.seen_broadcast_max_bytes
+        # the seen lists ride along with each user's L_P: broadcast them while they are small, so L_P
+        # is never shuffled for the join; the popularity list is then counted from them on the driver
+        # too.  Sized from the partition's longest history: extract's --max-history (up to 100,000),
+        # not the model's window, bounds the lists
+        longest = _longest_history(ctx, histories)
+        seen_broadcast = s.seen_lists_bytes(history_rows, longest) <= cfg.seen_broadcast_max_bytes
         seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "item_ids"], partition={"ds": ctx.ds})
                       if seen_broadcast else None)
         cores = max(1, ctx.spark.sparkContext.defaultParallelism)
@@ -431,7 +437,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                     staged.frame, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
                     exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates,
                     catalogue_size=len(candidate_ids), link_versions=versions,
-                    longest_history=_longest_history(ctx)))
+                    longest_history=longest))
             except Exception as exc:
                 reraise_task_error(exc)
                 raise

@@ -65,7 +65,7 @@ class ScoringConfig:
     candidate_mode: str = "auto"
     broadcast_max_bytes: int = 512 * 1024 * 1024
     # seen lists (user_histories.item_ids) are broadcast to the scoring tasks up to this bound
-    # (estimated as users x max_history ids, an upper bound: ~120k users at max_history 100);
+    # (estimated as users x the longest history's ids, an upper bound: ~120k users at 100 ids);
     # above it they are joined by a shuffle in Spark (0: always), whose L_P rows cost JVM memory
     seen_broadcast_max_bytes: int = 128 * 1024 * 1024
     shards: int | None = None
@@ -374,6 +374,12 @@ def plan_mode(cfg: ScoringConfig, matrix_bytes: int) -> tuple[str, int]:
     if matrix_bytes <= cfg.broadcast_max_bytes:
         return "broadcast", 1
     return "sharded", cfg.shards or math.ceil(matrix_bytes / cfg.broadcast_max_bytes)
+
+
+def seen_lists_bytes(users: int, longest_history: int) -> int:
+    """Upper bound of the seen lists' size as an Arrow table: ``users`` lists of at most
+    ``longest_history`` int64 ids, plus the user id and list offset of each."""
+    return users * (8 * longest_history + 24)
 
 
 def check_top_k(top_k: int, catalogue_size: int, where: str = "in candidate_link_weights") -> None:

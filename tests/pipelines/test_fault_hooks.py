@@ -15,11 +15,51 @@ from pipelines.errors import FaultInjectionError, FaultSpecError
 REPO = Path(__file__).resolve().parents[2]
 
 
+class FakeTask:
+    """A TaskContext of partition 0, attempt 0 (what the kill-executor hook matches by default)."""
+
+    @staticmethod
+    def partitionId() -> int:
+        return 0
+
+    @staticmethod
+    def attemptNumber() -> int:
+        return 0
+
+
+def watch_fault_actions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record, instead of doing, what the hooks do to processes; run them as if inside a task."""
+    import pyspark
+
+    actions: list[tuple[str, int]] = []
+    monkeypatch.setattr(faults.os, "_exit", lambda code: actions.append(("exit", code)))
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: actions.append(("kill", pid)))
+    monkeypatch.setattr(faults, "executor_jvm_pid", lambda: 4242)
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: FakeTask()))
+    return actions
+
+
 def test_unset_means_no_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    actions = watch_fault_actions(monkeypatch)
     monkeypatch.delenv(faults.FAULT_ENV, raising=False)
     assert faults.active_faults() == []
-    faults.commit_point("user_links")  # returns: nothing to inject
+    faults.commit_point("user_links")
     faults.task_point("infer_user_links")
+    assert actions == []  # nothing killed, nothing exited
+    # the same points do act once asked to: the assertion above watches real effects
+    monkeypatch.setenv(faults.FAULT_ENV, "crash-before-commit:table=user_links; kill-executor:stage=infer_user_links")
+    faults.commit_point("user_links")
+    faults.task_point("infer_user_links")
+    assert actions == [("exit", faults.CRASH_EXIT_CODE), ("kill", 4242), ("exit", faults.CRASH_EXIT_CODE)]
+
+
+def test_faults_for_other_tables_and_stages_do_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    actions = watch_fault_actions(monkeypatch)
+    monkeypatch.setenv(faults.FAULT_ENV, "crash-before-commit:table=recommendations; kill-executor:stage=score_topk; "
+                                         "kill-executor:stage=infer_user_links:partition=1")
+    faults.commit_point("user_links")
+    faults.task_point("infer_user_links")
+    assert actions == []
 
 
 def test_specs_parse() -> None:

@@ -151,6 +151,29 @@ def load_checkpoint(path: str | os.PathLike[str], expected_config: ModelConfig |
     :class:`CheckpointConfigMismatchError`.
     """
     path = Path(path)
+    payload = _read_payload(path)
+    state, item_ids, popularity = payload["state_dict"], payload["item_ids"], payload["popularity"]
+    config, vocab = _parse_config(path, payload["config"]), _parse_vocabulary(path, item_ids)
+    bad = _non_finite(state)
+    if bad:
+        raise CheckpointNaNError(f"checkpoint {path}: NaN/inf in tensor {', '.join(bad)}")
+    _check_fit(path, config, vocab, popularity, state)
+    if expected_config is not None and expected_config != config:
+        diff = {k: (v, getattr(config, k)) for k, v in expected_config.to_dict().items()
+                if getattr(config, k) != v}
+        raise CheckpointConfigMismatchError(
+            f"checkpoint {path}: config differs from the expected one (field: (expected, stored)) {diff}")
+    version = payload["model_version"]
+    actual = content_hash(config, state, item_ids.numpy(), popularity.numpy())
+    if actual != version:
+        raise CheckpointCorruptError(
+            f"checkpoint {path}: content hash {actual} does not match its model_version {version!r}")
+    return Checkpoint(config=config, state_dict=state, vocab=vocab, popularity=popularity.numpy().copy(),
+                      model_version=version, metadata=payload["metadata"])
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The file's payload, with every key present and of the right type (else the error names it)."""
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_file():
@@ -160,7 +183,6 @@ def load_checkpoint(path: str | os.PathLike[str], expected_config: ModelConfig |
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zip errors...
         raise CheckpointCorruptError(
             f"checkpoint {path} is truncated or unreadable ({type(exc).__name__}: {exc})") from exc
-
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointCorruptError(f"checkpoint {path} is not a {FORMAT} file")
     missing = [k for k in _KEYS if k not in payload]
@@ -169,28 +191,35 @@ def load_checkpoint(path: str | os.PathLike[str], expected_config: ModelConfig |
     if payload["format_version"] != FORMAT_VERSION:
         raise CheckpointCorruptError(
             f"checkpoint {path} has format_version {payload['format_version']!r}, expected {FORMAT_VERSION}")
-    state, item_ids, popularity = payload["state_dict"], payload["item_ids"], payload["popularity"]
+    state = payload["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointCorruptError(f"checkpoint {path}: state_dict is not a dict of tensors")
-    for name, t in (("item_ids", item_ids), ("popularity", popularity)):
+    for name in ("item_ids", "popularity"):
+        t = payload[name]
         if not isinstance(t, Tensor) or t.dtype != torch.int64 or t.dim() != 1:
             raise CheckpointCorruptError(f"checkpoint {path}: {name} is not a 1-D int64 tensor")
-    version, metadata = payload["model_version"], payload["metadata"]
-    if not isinstance(version, str) or not isinstance(metadata, dict):
+    if not isinstance(payload["model_version"], str) or not isinstance(payload["metadata"], dict):
         raise CheckpointCorruptError(f"checkpoint {path}: model_version/metadata have wrong types")
+    return payload
+
+
+def _parse_config(path: Path, data: Any) -> ModelConfig:
     try:
-        config = ModelConfig.from_dict(payload["config"])
+        return ModelConfig.from_dict(data)
     except ModelConfigError as exc:
         raise CheckpointCorruptError(f"checkpoint {path} holds an invalid config: {exc}") from exc
+
+
+def _parse_vocabulary(path: Path, item_ids: Tensor) -> ItemVocabulary:
     try:
-        vocab = ItemVocabulary(item_ids.numpy())
+        return ItemVocabulary(item_ids.numpy())
     except VocabularyError as exc:
         raise CheckpointCorruptError(f"checkpoint {path} holds an invalid vocabulary: {exc}") from exc
 
-    bad = _non_finite(state)
-    if bad:
-        raise CheckpointNaNError(f"checkpoint {path}: NaN/inf in tensor {', '.join(bad)}")
 
+def _check_fit(path: Path, config: ModelConfig, vocab: ItemVocabulary, popularity: Tensor,
+               state: dict[str, Tensor]) -> None:
+    """Vocabulary, popularity and every tensor's shape against the config; all problems in one error."""
     problems = []
     if len(vocab) + 1 != config.num_items:
         problems.append(f"vocabulary has {len(vocab)} items + padding, "
@@ -198,29 +227,13 @@ def load_checkpoint(path: str | os.PathLike[str], expected_config: ModelConfig |
     if popularity.shape[0] != len(vocab):
         problems.append(f"popularity has {popularity.shape[0]} entries for {len(vocab)} items")
     expected = _expected_shapes(config)
-    for name in sorted(set(expected) - set(state)):
-        problems.append(f"missing tensor {name!r}")
-    for name in sorted(set(state) - set(expected)):
-        problems.append(f"unexpected tensor {name!r}")
-    for name in sorted(set(state) & set(expected)):
-        if tuple(state[name].shape) != expected[name]:
-            problems.append(f"tensor {name!r} has shape {tuple(state[name].shape)}, "
-                            f"config wants {expected[name]}")
+    problems += [f"missing tensor {name!r}" for name in sorted(set(expected) - set(state))]
+    problems += [f"unexpected tensor {name!r}" for name in sorted(set(state) - set(expected))]
+    problems += [f"tensor {name!r} has shape {tuple(state[name].shape)}, config wants {expected[name]}"
+                 for name in sorted(set(state) & set(expected)) if tuple(state[name].shape) != expected[name]]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
         raise CheckpointConfigMismatchError(f"checkpoint {path}: weights do not fit its config: {shown}")
-    if expected_config is not None and expected_config != config:
-        diff = {k: (v, getattr(config, k)) for k, v in expected_config.to_dict().items()
-                if getattr(config, k) != v}
-        raise CheckpointConfigMismatchError(
-            f"checkpoint {path}: config differs from the expected one (field: (expected, stored)) {diff}")
-
-    actual = content_hash(config, state, item_ids.numpy(), popularity.numpy())
-    if actual != version:
-        raise CheckpointCorruptError(
-            f"checkpoint {path}: content hash {actual} does not match its model_version {version!r}")
-    return Checkpoint(config=config, state_dict=state, vocab=vocab, popularity=popularity.numpy().copy(),
-                      model_version=version, metadata=metadata)
 
 
 def popularity_counts(ckpt: Checkpoint) -> Tensor:

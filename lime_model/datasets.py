@@ -142,58 +142,66 @@ def read_interactions(source: str, cache_dir: Path | None = None) -> pd.DataFram
         frame = load_movielens_100k(cache_dir).interactions[list(INTERACTION_COLUMNS)]
     else:
         path = Path(source)
-        is_delta = path.is_dir() and (path / "_delta_log").is_dir()
-        if not path.is_file() and not is_delta:
-            raise InteractionsSchemaError(
-                f"interactions source {source!r} is neither '{MOVIELENS_SOURCE}', an existing file nor an "
-                "events Delta table folder"
-            )
-        suffix = path.suffix.lower()
-        if is_delta:
-            from deltalake import DeltaTable
-
-            table = DeltaTable(str(path))
-            names = [f.name for f in table.schema().fields]
-            if "ts" in names and "timestamp" not in names:
-                frame = table.to_pandas(columns=[c for c in ("user_id", "item_id", "ts") if c in names])
-                frame = frame.rename(columns={"ts": "timestamp"})
-            else:
-                frame = table.to_pandas()
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix in (".tsv", ".csv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", header=0)
-        else:
-            raise InteractionsSchemaError(
-                f"interactions file {path}: unknown extension {suffix!r} (use .tsv, .csv or .parquet)"
-            )
-        missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
-        if missing:
-            raise InteractionsSchemaError(
-                f"interactions file {path} lacks column(s) {missing}; it has {list(frame.columns)}"
-            )
-        frame = frame[list(INTERACTION_COLUMNS)]
-        if pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):
-            ts = frame["timestamp"]
-            ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-            # whole seconds since the epoch, whatever the column's unit (ns, us, ms)
-            frame = frame.assign(timestamp=(ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))
-        for col in INTERACTION_COLUMNS:
-            if not pd.api.types.is_integer_dtype(frame[col]):
-                coerced = pd.to_numeric(frame[col], errors="coerce")
-                bad = coerced.isna() | (coerced != np.floor(coerced))
-                if bad.any():
-                    first = frame.loc[bad.idxmax(), col]
-                    raise InteractionsSchemaError(
-                        f"interactions file {path}: column {col!r} must hold integers, "
-                        f"found {first!r} ({int(bad.sum())} bad rows)"
-                    )
-                frame = frame.assign(**{col: coerced.astype("int64")})
-        negative = frame["user_id"].lt(0) | frame["item_id"].lt(0)
-        if negative.any():
-            row = frame[negative].iloc[0]
-            raise InteractionsSchemaError(
-                f"interactions file {path}: negative id (user_id={row.user_id}, item_id={row.item_id})"
-            )
+        frame = _validated(path, _read_frame(source, path))
     frame = frame.astype({c: "int64" for c in INTERACTION_COLUMNS})
     return frame.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def _read_frame(source: str, path: Path) -> pd.DataFrame:
+    """The raw table of a file or an events Delta table (``ts`` read as ``timestamp``)."""
+    is_delta = path.is_dir() and (path / "_delta_log").is_dir()
+    if not path.is_file() and not is_delta:
+        raise InteractionsSchemaError(
+            f"interactions source {source!r} is neither '{MOVIELENS_SOURCE}', an existing file nor an "
+            "events Delta table folder"
+        )
+    suffix = path.suffix.lower()
+    if is_delta:
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(path))
+        names = [f.name for f in table.schema().fields]
+        if "ts" in names and "timestamp" not in names:
+            frame = table.to_pandas(columns=[c for c in ("user_id", "item_id", "ts") if c in names])
+            return frame.rename(columns={"ts": "timestamp"})
+        return table.to_pandas()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix in (".tsv", ".csv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", header=0)
+    raise InteractionsSchemaError(
+        f"interactions file {path}: unknown extension {suffix!r} (use .tsv, .csv or .parquet)"
+    )
+
+
+def _validated(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """The interaction columns as integers (datetimes as epoch seconds); an error names the first bad value."""
+    missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InteractionsSchemaError(
+            f"interactions file {path} lacks column(s) {missing}; it has {list(frame.columns)}"
+        )
+    frame = frame[list(INTERACTION_COLUMNS)]
+    if pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):
+        ts = frame["timestamp"]
+        ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+        # whole seconds since the epoch, whatever the column's unit (ns, us, ms)
+        frame = frame.assign(timestamp=(ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))
+    for col in INTERACTION_COLUMNS:
+        if not pd.api.types.is_integer_dtype(frame[col]):
+            coerced = pd.to_numeric(frame[col], errors="coerce")
+            bad = coerced.isna() | (coerced != np.floor(coerced))
+            if bad.any():
+                first = frame.loc[bad.idxmax(), col]
+                raise InteractionsSchemaError(
+                    f"interactions file {path}: column {col!r} must hold integers, "
+                    f"found {first!r} ({int(bad.sum())} bad rows)"
+                )
+            frame = frame.assign(**{col: coerced.astype("int64")})
+    negative = frame["user_id"].lt(0) | frame["item_id"].lt(0)
+    if negative.any():
+        row = frame[negative].iloc[0]
+        raise InteractionsSchemaError(
+            f"interactions file {path}: negative id (user_id={row.user_id}, item_id={row.item_id})"
+        )
+    return frame

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,9 +81,34 @@ def test_model_version_is_deterministic_and_content_dependent(tmp_path: Path) ->
                            {}) != a
 
 
-def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
-    _save(tmp_path / "sub" / "model.pt")
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["model.pt"]
+def test_save_that_fails_midway_leaves_the_previous_checkpoint_and_no_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sub" / "model.pt"
+    version = _save(path)
+    good = path.read_bytes()
+
+    def torn_save(obj: object, f: Any, *args: object, **kwargs: object) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        _save(path, "lime-mha")
+    assert path.read_bytes() == good
+    assert load_checkpoint(path).model_version == version
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]
+
+
+def test_save_replaces_the_checkpoint_whole_under_a_reader_that_has_it_open(tmp_path: Path) -> None:
+    """A reader (a scoring task loading the model) keeps reading the old file in full while a new
+    one is saved: the new checkpoint is renamed into place, never written into the old file."""
+    path = tmp_path / "model.pt"
+    _save(path)
+    good = path.read_bytes()
+    with open(path, "rb") as reader:
+        _save(path, "lime-mha")
+        assert reader.read() == good
+    assert path.read_bytes() != good
 
 
 def test_missing_checkpoint_raises_not_found(tmp_path: Path) -> None:

@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--weight-decay", type=float, default=None)
     tuning.add_argument("--batch-size", type=_positive(int), default=None)
     tuning.add_argument("--prefixes-per-user", type=_positive(int), default=None)
+    tuning.add_argument("--target-window", type=_positive(int), default=None,
+                        help="LIME models: items after each prefix that it learns to predict")
     tuning.add_argument("--num-negatives", type=int, default=None)
+    tuning.add_argument("--valid-users", type=int, default=None,
+                        help="validation users sampled to compare epochs (0 = all; default 10000)")
     tuning.add_argument("--cpu-budget-minutes", type=_positive(float), default=None,
                         help="stop training after this much process CPU time (default 14)")
     parser.add_argument("--threads", type=_positive(int), default=None, help="torch CPU threads")
@@ -90,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             args.model, vocab.num_indices, epochs=args.epochs, seed=args.seed, d_model=args.d_model,
             n_heads=args.n_heads, n_links=args.n_links, n_layers=args.n_layers, max_history=args.max_history,
             dropout=args.dropout, use_time_gaps=args.use_time_gaps, lr=args.lr, weight_decay=args.weight_decay,
-            batch_size=args.batch_size, prefixes_per_user=args.prefixes_per_user,
-            num_negatives=args.num_negatives, cpu_budget_s=budget)
+            batch_size=args.batch_size, prefixes_per_user=args.prefixes_per_user, target_window=args.target_window,
+            num_negatives=args.num_negatives, valid_users=args.valid_users, cpu_budget_s=budget)
         log.info("training %s: %s; %s", args.model, model_cfg, train_cfg)
         result = train_model(split, model_cfg, train_cfg)
         metadata = {

@@ -14,7 +14,7 @@ from typing import Any
 
 from lime_model.errors import ModelConfigError
 
-MODEL_KINDS: tuple[str, ...] = ("lime-xor", "lime-mha", "full-attention", "popularity")
+MODEL_KINDS: tuple[str, ...] = ("lime-xor", "lime-mha", "sasrec", "popularity")
 LIME_KINDS: tuple[str, ...] = ("lime-xor", "lime-mha")
 
 
@@ -30,8 +30,9 @@ class ModelConfig:
     n_layers:        attention blocks (HSTU-style) in the user encoder.
     max_history:     longest history ``N`` the encoder accepts (size of the recency-position table).
     dropout:         dropout on token embeddings and block outputs (training only).
-    use_time_gaps:   add an embedding of log2-bucketed ``t_newest - t_i`` (seconds) to history
-                     tokens; the encoder then needs timestamps.
+    use_time_gaps:   add an embedding of a log2-bucketed time gap (seconds) to history tokens: for
+                     the LIME encoders ``t_newest - t_i``; for sasrec ``t_i - t_{i-1}``, which stays
+                     causal when every position is trained.  The encoder then needs timestamps.
     time_gap_buckets: number of log2 buckets (bucket b holds gaps in ``[2^b - 1, 2^(b+1) - 1)`` s,
                      the last bucket holds everything longer).
     """

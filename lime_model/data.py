@@ -6,9 +6,10 @@ Protocol (the same for every model):
 * users with at least 3 interactions: the last item is the test target, the
   second-last the validation target, the rest is training data;
   users with fewer than 3 are training data only and are not evaluated;
-* training examples are history prefixes of the training part: the item at
-  position ``t`` is the target of the prefix ``items[:t]`` (newest
-  ``max_history`` kept);
+* training examples are history prefixes of the training part: the items at
+  positions ``t .. t + m - 1`` are the targets of the prefix ``items[:t]`` (newest
+  ``max_history`` kept; ``m`` the target window, 1 = next item only); sasrec
+  trains every position of a whole window of the sequence at once;
 * validation ranks ``items[-2]`` from ``items[:-2]``, test ranks ``items[-1]``
   from ``items[:-1]`` (so the validation item is history at test time).
 """
@@ -116,44 +117,116 @@ def leave_one_out(seq: UserSequences) -> LeaveOneOutSplit:
 
 @dataclass(frozen=True)
 class Batch:
-    """history ``(B, n)`` int64 right-aligned, times ``(B, n)`` float64, targets ``(B,)`` int64."""
+    """One training batch.
+
+    history ``(B, n)`` int64 and times ``(B, n)`` float64: right-aligned prefixes (LIME models) or
+    left-aligned whole sequences (sasrec, :attr:`left_aligned`).
+    targets ``(R, m)`` int64, 0 where there is none: per encoded row, the items it must predict.
+    For prefixes ``R = B`` and the row holds the next ``m`` items after the prefix; for sequences
+    ``R = B * n`` and row ``b * n + i`` holds the item after position ``i`` of sequence ``b``.
+    """
 
     history: np.ndarray
     times: np.ndarray
     targets: np.ndarray
+    left_aligned: bool = False
 
 
-def prefix_batches(split: LeaveOneOutSplit, prefixes_per_user: int, batch_size: int, max_history: int,
-                   rng: np.random.Generator, bucket_batches: int = BUCKET_BATCHES) -> Iterator[Batch]:
-    """One epoch of prefix examples: each user contributes ``min(prefixes_per_user, n_train - 1)``
-    distinct target positions; examples are shuffled, grouped ``bucket_batches`` batches at a time
-    and sorted by length inside a group (less padding), and the batches are yielded shuffled."""
-    users, ends = [], []
+def left_align_rows(seqs: Sequence[np.ndarray], fill: float | int) -> np.ndarray:
+    """Ragged 1-D arrays -> ``(len(seqs), max_len)`` with ``fill`` on the right (oldest first)."""
+    width = max((len(s) for s in seqs), default=0)
+    dtype = np.result_type(*[s.dtype for s in seqs]) if seqs else np.int64
+    out = np.full((len(seqs), width), fill, dtype=dtype)
+    for row, s in enumerate(seqs):
+        out[row, :len(s)] = s
+    return out
+
+
+def length_bucketed(keys: np.ndarray, lengths: np.ndarray, batch_size: int, bucket_batches: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle ``keys`` ``(E,)``, sort them by length inside groups of ``bucket_batches`` batches
+    (less padding), cut batches of ``batch_size`` and return the batches in random order."""
+    order = rng.permutation(len(keys))
+    keys, lengths = keys[order], lengths[order]
+    group = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(keys), group):
+        sl = slice(start, start + group)
+        sorted_keys = keys[sl][np.argsort(lengths[sl], kind="stable")]
+        batches.extend(sorted_keys[b:b + batch_size] for b in range(0, len(sorted_keys), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def plan_prefixes(split: LeaveOneOutSplit, prefixes_per_user: int, batch_size: int, max_history: int,
+                  rng: np.random.Generator, bucket_batches: int = BUCKET_BATCHES) -> list[np.ndarray]:
+    """One epoch of prefix examples as batches of ``(user, end)`` rows ``(b, 2)``: each user
+    contributes ``min(prefixes_per_user, n_train - 1)`` distinct prefix ends."""
+    examples = []
     for u, items in enumerate(split.train_items):
         n_targets = len(items) - 1
         if n_targets < 1:
             continue
-        take = min(prefixes_per_user, n_targets)
-        ends.append(rng.choice(np.arange(1, len(items)), size=take, replace=False))
-        users.append(np.full(take, u))
-    if not ends:
+        ends = rng.choice(np.arange(1, len(items)), size=min(prefixes_per_user, n_targets), replace=False)
+        examples.append(np.stack([np.full(len(ends), u), ends], axis=1))
+    if not examples:
         raise InsufficientDataError("no user has two or more training interactions")
-    user_arr, end_arr = np.concatenate(users), np.concatenate(ends)
-    order = rng.permutation(len(user_arr))
-    user_arr, end_arr = user_arr[order], end_arr[order]
-    lengths = np.minimum(end_arr, max_history)
-    group = batch_size * bucket_batches
-    batches = []
-    for start in range(0, len(user_arr), group):
-        sl = slice(start, start + group)
-        by_len = np.argsort(lengths[sl], kind="stable")
-        g_users, g_ends = user_arr[sl][by_len], end_arr[sl][by_len]
-        for b in range(0, len(g_users), batch_size):
-            batches.append((g_users[b:b + batch_size], g_ends[b:b + batch_size]))
-    for i in rng.permutation(len(batches)):
-        b_users, b_ends = batches[i]
-        pairs = list(zip(b_users, b_ends, strict=True))
-        hist = [split.train_items[u][max(0, e - max_history):e] for u, e in pairs]
-        times = [split.train_times[u][max(0, e - max_history):e] for u, e in pairs]
-        targets = np.array([split.train_items[u][e] for u, e in pairs], dtype=np.int64)
-        yield Batch(right_align(hist, 0), right_align(times, 0.0), targets)
+    rows = np.concatenate(examples)  # (E, 2)
+    picked = length_bucketed(np.arange(len(rows)), np.minimum(rows[:, 1], max_history), batch_size,
+                             bucket_batches, rng)
+    return [rows[b] for b in picked]
+
+
+def prefix_batch(split: LeaveOneOutSplit, rows: np.ndarray, max_history: int, target_window: int) -> Batch:
+    """``(user, end)`` rows ``(B, 2)`` -> the prefixes ``items[:end]`` (newest ``max_history``) and, as
+    targets, the next ``target_window`` training items ``items[end:end + target_window]``."""
+    hist, times, targets = [], [], np.zeros((len(rows), target_window), dtype=np.int64)
+    for r, (u, e) in enumerate(rows):
+        items = split.train_items[u]
+        hist.append(items[max(0, e - max_history):e])
+        times.append(split.train_times[u][max(0, e - max_history):e])
+        nxt = items[e:e + target_window]
+        targets[r, :len(nxt)] = nxt
+    return Batch(right_align(hist, 0), right_align(times, 0.0), targets)
+
+
+def prefix_batches(split: LeaveOneOutSplit, prefixes_per_user: int, batch_size: int, max_history: int,
+                   rng: np.random.Generator, bucket_batches: int = BUCKET_BATCHES,
+                   target_window: int = 1) -> Iterator[Batch]:
+    """One epoch of prefix batches (:func:`plan_prefixes`, :func:`prefix_batch`)."""
+    for rows in plan_prefixes(split, prefixes_per_user, batch_size, max_history, rng, bucket_batches):
+        yield prefix_batch(split, rows, max_history, target_window)
+
+
+def sequence_windows(split: LeaveOneOutSplit, max_history: int) -> np.ndarray:
+    """``(W, 3)`` rows ``(user, start, stop)``: every user's training items cut, from the newest end,
+    into windows of at most ``max_history + 1`` items that overlap by one, so that every training
+    item but each user's first is a target exactly once per epoch."""
+    rows = []
+    for u, items in enumerate(split.train_items):
+        stop = len(items)
+        while stop >= 2:
+            start = max(0, stop - max_history - 1)
+            rows.append((u, start, stop))
+            stop = start + 1
+    if not rows:
+        raise InsufficientDataError("no user has two or more training interactions")
+    return np.array(rows, dtype=np.int64)
+
+
+def plan_sequences(split: LeaveOneOutSplit, batch_size: int, max_history: int, rng: np.random.Generator,
+                   bucket_batches: int = BUCKET_BATCHES) -> list[np.ndarray]:
+    """One epoch of whole-sequence examples (:func:`sequence_windows`) as batches of rows ``(b, 3)``."""
+    windows = sequence_windows(split, max_history)
+    picked = length_bucketed(np.arange(len(windows)), windows[:, 2] - windows[:, 1], batch_size,
+                             bucket_batches, rng)
+    return [windows[b] for b in picked]
+
+
+def sequence_batch(split: LeaveOneOutSplit, rows: np.ndarray) -> Batch:
+    """``(user, start, stop)`` rows ``(B, 3)`` -> left-aligned inputs ``items[start:stop-1]`` and, per
+    position, the next item as its target (``(B * n, 1)``, 0 on padding)."""
+    inputs = [split.train_items[u][a:b - 1] for u, a, b in rows]
+    times = [split.train_times[u][a:b - 1] for u, a, b in rows]
+    nexts = left_align_rows([split.train_items[u][a + 1:b] for u, a, b in rows], 0)  # (B, n)
+    return Batch(left_align_rows(inputs, 0), left_align_rows(times, 0.0), nexts.reshape(-1, 1),
+                 left_aligned=True)

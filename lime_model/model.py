@@ -15,8 +15,8 @@ are ignored).
   (:meth:`LimeModel.candidate_tables`).  The XOR encoder is computed as two
   rectangular attentions per block, never as an ``(ell + n)^2`` matrix; the
   dense masked reference is ``lime_model.reference``.
-* :class:`FullAttentionModel`: the SASRec/HSTU-like skyline, causal
-  self-attention over the history, dot-product scoring.
+* :class:`SASRecModel`: the reference, causal self-attention over the history,
+  dot-product scoring, trained on every position of a sequence at once.
 * :class:`PopularityModel`: training counts, the cold-start fallback.
 """
 
@@ -325,44 +325,114 @@ class LimeModel(nn.Module):
         return values.reshape(values.shape[0], -1) @ folded.T + tables.bias  # (B, C)
 
 
-class FullAttentionModel(nn.Module):
-    """Skyline: causal self-attention over the history (SASRec/HSTU-like), user vector = output
-    at the newest item, ``score = <user, Emb(c)> + beta_c``.  O(n^2) per user."""
+def previous_gap_buckets(timestamps: Tensor, valid: Tensor, n_buckets: int) -> Tensor:
+    """Left-aligned ``(B, n)`` float64 epoch seconds -> ``(B, n)`` int64 buckets of
+    ``log2(1 + t_i - t_{i-1})`` (0 for the first item and for padding).
+
+    Each item is compared with the one before it, never with a later one, so a causal model
+    trained on every position sees no timestamp from its own future.
+    """
+    gap = torch.zeros_like(timestamps)  # (B, n)
+    gap[:, 1:] = (timestamps[:, 1:] - timestamps[:, :-1]).clamp_min(0.0)
+    buckets = torch.floor(torch.log2(gap + 1.0)).long().clamp_(0, n_buckets - 1)  # (B, n)
+    return buckets.masked_fill_(~valid, 0)
+
+
+class SequenceEmbedding(nn.Module):
+    """SASRec's input: ``Emb(h_i) + P(i) [+ T(gap to h_{i-1})]`` for LEFT-ALIGNED sequences, positions
+    counted from the oldest item, so the output at position ``i`` is the same whether the sequence
+    ends there (inference) or goes on (training on every position)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.model != "full-attention":
-            raise ValueError(f"FullAttentionModel needs model 'full-attention', got {cfg.model!r}")
         self.cfg = cfg
-        self.embed = HistoryEmbedding(cfg)
+        self.item = nn.Embedding(cfg.num_items, cfg.d_model, padding_idx=0)
+        self.position = nn.Embedding(cfg.max_history, cfg.d_model)
+        self.time_gap = nn.Embedding(cfg.time_gap_buckets, cfg.d_model) if cfg.use_time_gaps else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, items: Tensor, timestamps: Tensor | None) -> tuple[Tensor, Tensor]:
+        """items ``(B, n)`` int64 left-aligned (padding 0 on the right), timestamps ``(B, n)`` | None
+        -> (tokens ``(B, n, d)``, valid ``(B, n)`` bool)."""
+        n = items.shape[1]
+        if n > self.cfg.max_history:
+            raise ValueError(f"sequence has {n} columns, the model accepts at most max_history="
+                             f"{self.cfg.max_history}; keep the newest items")
+        valid = items != 0  # (B, n)
+        x = self.item(items) + self.position(torch.arange(n, device=items.device))  # (B, n, d)
+        if self.time_gap is not None:
+            if timestamps is None:
+                raise ValueError("this model uses time gaps (use_time_gaps=True): pass timestamps")
+            x = x + self.time_gap(previous_gap_buckets(timestamps, valid, self.cfg.time_gap_buckets))
+        return self.dropout(x), valid
+
+
+def left_align(history: Tensor, other: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Right-aligned history ``(B, n)`` (and a tensor aligned with it, e.g. timestamps) -> the same
+    rows left-aligned (padding moved to the right) and each row's length ``(B,)``."""
+    n = history.shape[1]
+    lengths = (history != 0).sum(1)  # (B,)
+    cols = (torch.arange(n, device=history.device)[None] + (n - lengths)[:, None]) % n  # (B, n)
+    moved = None if other is None else other.gather(1, cols)
+    return history.gather(1, cols), moved, lengths
+
+
+class SASRecModel(nn.Module):
+    """The reference a user would pick instead: causal self-attention over the history (SASRec,
+    HSTU-style blocks), user vector = output at the newest item, ``score = <user, Emb(c)> + beta_c``.
+    Trained on every position of a sequence in one causal pass (:meth:`encode_sequence`).
+    O(n^2) per user."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.model != "sasrec":
+            raise ValueError(f"SASRecModel needs model 'sasrec', got {cfg.model!r}")
+        self.cfg = cfg
+        self.embed = SequenceEmbedding(cfg)
         self.blocks = nn.ModuleList(HSTUBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model)
         self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
         init_weights(self)
 
-    def encode_user(self, history: Tensor, timestamps: Tensor | None) -> Tensor:
-        """history ``(B, n)`` right-aligned, timestamps ``(B, n)`` | None -> user vectors ``(B, d)``."""
-        x, valid = self.embed(history, timestamps)  # (B, n, d), (B, n)
-        batch, n, _ = x.shape
-        lengths = valid.sum(1)  # (B,)
-        shift = n - lengths  # (B,) left padding per row
-        padded = bool(shift.any())
-        if padded:
-            # Left-align so that causal attention never sees padding: row r, column j <- j + shift_r.
-            cols = (torch.arange(n, device=x.device)[None] + shift[:, None]) % n  # (B, n)
-            x = x.gather(1, cols[:, :, None].expand(-1, -1, x.shape[2]))  # (B, n, d)
+    def causal_block(self, block: HSTUBlock, x: Tensor) -> Tensor:
+        """x ``(B, n, d)`` left-aligned -> ``(B, n, d)``.  Right padding is never a key of a real
+        position under the causal mask, so no padding mask is needed."""
+        u, q, k, v = block.project(x)  # (B, n, d) x 4
+        attn = F.scaled_dot_product_attention(block.heads(q), block.heads(k), block.heads(v),
+                                              is_causal=True)  # (B, H, n, d_h)
+        return block.output(x, u, block.merge(attn))  # (B, n, d)
+
+    def encode_sequence(self, items: Tensor, timestamps: Tensor | None) -> Tensor:
+        """Training form: left-aligned items ``(B, n)``, timestamps ``(B, n)`` | None -> the user
+        vector after every position ``(B, n, d)`` (rows at padding are meaningless)."""
+        x, _ = self.embed(items, timestamps)  # (B, n, d)
         for block in self.blocks:
-            u, q, k, v = block.project(x)  # (B, n, d) x 4
-            attn = F.scaled_dot_product_attention(block.heads(q), block.heads(k), block.heads(v),
-                                                  is_causal=True)  # (B, H, n, d_h)
-            x = block.output(x, u, block.merge(attn))  # (B, n, d)
-        last = (lengths - 1) if padded else torch.full((batch,), n - 1, device=x.device)
-        return self.final_norm(x[torch.arange(batch, device=x.device), last])  # (B, d)
+            x = self.causal_block(block, x)  # (B, n, d)
+        return self.final_norm(x)  # (B, n, d)
+
+    def encode_user(self, history: Tensor, timestamps: Tensor | None) -> Tensor:
+        """history ``(B, n)`` right-aligned, timestamps ``(B, n)`` | None -> user vectors ``(B, d)``.
+
+        Only the newest position's output is read, so the last block computes that one query
+        (its K and V for every position): the skyline skips its dead work as LIME-XOR does."""
+        items, times, lengths = left_align(history, timestamps)  # (B, n), (B, n) | None, (B,)
+        x, valid = self.embed(items, times)  # (B, n, d), (B, n)
+        for block in self.blocks[:-1]:
+            x = self.causal_block(block, x)  # (B, n, d)
+        rows = torch.arange(len(lengths), device=x.device)
+        newest = x[rows, lengths - 1][:, None]  # (B, 1, d)
+        key_mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, n)
+        out = links_from_history(self.blocks[-1], newest, x, key_mask)  # (B, 1, d)
+        return self.final_norm(out[:, 0])  # (B, d)
 
     def forward_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
         """history ``(B, n)``, timestamps ``(B, n)`` | None, cand_idx ``(C,)`` -> ``(B, C)``."""
         user = self.encode_user(history, timestamps)  # (B, d)
-        return user @ self.embed.item(cand_idx).T + self.item_bias[cand_idx]  # (B, C)
+        return self.score_vectors(user, cand_idx)  # (B, C)
+
+    def score_vectors(self, users: Tensor, cand_idx: Tensor) -> Tensor:
+        """user vectors ``(R, d)``, cand_idx ``(C,)`` -> ``(R, C)``."""
+        return users @ self.embed.item(cand_idx).T + self.item_bias[cand_idx]
 
     table_scores = forward_scores
 
@@ -412,8 +482,8 @@ def create_model(cfg: ModelConfig, popularity: Tensor | None = None) -> nn.Modul
     """A fresh network for ``cfg`` (popularity needs its ``(num_items,)`` counts)."""
     if cfg.is_lime:
         return LimeModel(cfg)
-    if cfg.model == "full-attention":
-        return FullAttentionModel(cfg)
+    if cfg.model == "sasrec":
+        return SASRecModel(cfg)
     if popularity is None:
         raise ValueError("a popularity model needs its counts")
     return PopularityModel(cfg, popularity)

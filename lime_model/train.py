@@ -26,11 +26,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lime_model.config import ModelConfig
-from lime_model.data import BUCKET_BATCHES, Batch, LeaveOneOutSplit, prefix_batches
+from lime_model.data import (
+    Batch,
+    LeaveOneOutSplit,
+    plan_prefixes,
+    plan_sequences,
+    prefix_batch,
+    sequence_batch,
+)
 from lime_model.evaluate import evaluate_split
 from lime_model.model import create_model
 
@@ -42,6 +48,10 @@ class TrainConfig:
     """Optimisation settings (everything that is not the network's shape).
 
     cpu_budget_s: stop after this much process CPU time (all threads), checked every step.
+    target_window: LIME models learn to predict this many items after each prefix (1 = next item).
+    valid_users: epochs are compared on a fixed random sample of this many validation users
+                 (0 = all): ranking the full catalogue for every user of a large dataset after every
+                 epoch would spend much of the budget on model selection.
     """
 
     epochs: int = 40
@@ -51,6 +61,8 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     prefixes_per_user: int = 32
+    target_window: int = 1
+    valid_users: int = 10_000
     num_negatives: int = 512
     patience: int = 10
     seed: int = 0
@@ -58,10 +70,10 @@ class TrainConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "prefixes_per_user", "patience", "log_every"):
+        for name in ("epochs", "batch_size", "prefixes_per_user", "target_window", "patience", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "num_negatives"):
+        for name in ("warmup_steps", "num_negatives", "valid_users"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -79,8 +91,8 @@ _LIME = {"model": {"dropout": 0.1, "use_time_gaps": False, "n_layers": 3}, "trai
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lime-xor": _LIME,
     "lime-mha": _LIME,
-    "full-attention": {"model": {"dropout": 0.1, "use_time_gaps": True, "n_layers": 3},
-                       "train": {"epochs": 20, "lr": 4e-3}},
+    "sasrec": {"model": {"dropout": 0.2, "use_time_gaps": False, "n_layers": 2},
+               "train": {"epochs": 50, "lr": 2e-3, "batch_size": 128}},
     "popularity": {"model": {}, "train": {}},
 }
 
@@ -120,31 +132,88 @@ class TrainResult:
     stopped_by: str = "epochs"
 
 
-def sampled_softmax_loss(scores: Tensor, candidates: Tensor, n_in_batch: int, log_q: Tensor) -> Tensor:
-    """scores ``(B, B+M)`` raw, candidates ``(B+M,)`` (first B are the row targets),
-    log_q ``(B+M,)`` log expected count of each candidate -> mean cross-entropy."""
-    logits = scores - log_q  # (B, B+M)
-    rows = torch.arange(n_in_batch)
-    accidental = candidates[None, :] == candidates[:n_in_batch, None]  # (B, B+M)
-    accidental[rows, rows] = False
-    return F.cross_entropy(logits.masked_fill(accidental, float("-inf")), rows)
+@dataclass(frozen=True)
+class Candidates:
+    """A batch's candidate set: items ``(U+M,)`` = the batch's distinct targets (sorted) then ``M``
+    uniform negatives; log_q ``(U+M,)`` = log of each one's expected count in that set."""
+
+    items: Tensor
+    log_q: Tensor
+    n_distinct: int
 
 
-def steps_per_epoch(split: LeaveOneOutSplit, cfg: TrainConfig) -> int:
-    """Number of batches :func:`prefix_batches` yields per epoch (an upper bound when length groups
-    leave partial batches, exact otherwise)."""
-    examples = sum(min(cfg.prefixes_per_user, len(items) - 1)
-                   for items in split.train_items if len(items) > 1)
-    group = cfg.batch_size * BUCKET_BATCHES
-    full, rest = divmod(examples, group)
-    return full * BUCKET_BATCHES + math.ceil(rest / cfg.batch_size)
+def in_batch_candidates(targets: Tensor, negatives: Tensor, item_prob: Tensor, n_real: int) -> Candidates:
+    """targets ``(R, m)`` (0 = none), negatives ``(M,)`` uniform draws, item_prob ``(V+1,)`` training
+    frequency -> :class:`Candidates`.  After ``T`` target draws a distinct target is in the set with
+    probability ``1 - (1 - p)^T`` (the logQ correction of in-batch negatives); a uniform negative
+    adds ``M / n_real`` to any item."""
+    real = targets[targets != 0]  # (T,)
+    distinct = torch.unique(real)  # (U,) sorted
+    p = item_prob[distinct].clamp(1e-12, 1 - 1e-7)  # (U,)
+    in_batch = -torch.expm1(len(real) * torch.log1p(-p))  # (U,)
+    uniform = len(negatives) / n_real
+    log_q = torch.log(torch.cat([in_batch + uniform, torch.full((len(negatives),), uniform)]))
+    return Candidates(torch.cat([distinct, negatives]), log_q, len(distinct))
 
 
-def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``total_steps``."""
+def multi_target_loss(scores: Tensor, candidates: Candidates, targets: Tensor) -> Tensor:
+    """Sampled softmax with several targets per row (PinnerFormer's dense all-action loss).
+
+    scores ``(R, C)`` raw over ``candidates.items``, targets ``(R, m)`` (0 = none) -> mean over every
+    (row, target) pair of ``-log softmax`` of that target against the candidates that are none of
+    the row's targets (the row's other targets and accidental hits among the negatives are masked)."""
+    items = candidates.items
+    logits = scores - candidates.log_q  # (R, C)
+    is_target = (items[None, None, :] == targets[:, :, None]).any(1)  # (R, C)
+    negative_lse = logits.masked_fill(is_target, float("-inf")).logsumexp(1)  # (R,)
+    rows, slots = (targets != 0).nonzero(as_tuple=True)  # (P,) each
+    cols = torch.searchsorted(items[:candidates.n_distinct], targets[rows, slots])  # (P,)
+    positive = logits[rows, cols]  # (P,)
+    return (torch.logaddexp(positive, negative_lse[rows]) - positive).mean()
+
+
+def epoch_plan(split: LeaveOneOutSplit, model_cfg: ModelConfig, cfg: TrainConfig, rng: np.random.Generator
+               ) -> list[np.ndarray]:
+    """One epoch's batches of example rows: whole sequences for sasrec, prefixes otherwise."""
+    if model_cfg.model == "sasrec":
+        return plan_sequences(split, cfg.batch_size, model_cfg.max_history, rng)
+    return plan_prefixes(split, cfg.prefixes_per_user, cfg.batch_size, model_cfg.max_history, rng)
+
+
+def make_batch(split: LeaveOneOutSplit, rows: np.ndarray, model_cfg: ModelConfig, cfg: TrainConfig) -> Batch:
+    if model_cfg.model == "sasrec":
+        return sequence_batch(split, rows)
+    return prefix_batch(split, rows, model_cfg.max_history, cfg.target_window)
+
+
+def batch_scores(model: nn.Module, batch: Batch, candidates: Tensor, use_times: bool) -> tuple[Tensor, Tensor]:
+    """-> (scores ``(R, C)`` of every encoded row that has a target, their targets ``(R, m)``)."""
+    hist = torch.from_numpy(batch.history)  # (B, n)
+    times = torch.from_numpy(batch.times) if use_times else None  # (B, n)
+    targets = torch.from_numpy(batch.targets)  # (R, m)
+    if not batch.left_aligned:
+        return model.table_scores(hist, times, candidates), targets  # (B, C)
+    users = model.encode_sequence(hist, times).reshape(-1, model.cfg.d_model)  # (B*n, d)
+    keep = targets[:, 0] != 0  # (B*n,)
+    return model.score_vectors(users[keep], candidates), targets[keep]
+
+
+def lr_schedule(run: _Run, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate follows whichever ends first, the planned steps or the CPU budget."""
+    def factor(step: int) -> float:
+        budget_progress = (time.process_time() - run.cpu0) / run.cfg.cpu_budget_s
+        return lr_factor(step, total_steps, run.cfg, budget_progress)
+    return torch.optim.lr_scheduler.LambdaLR(run.opt, factor)
+
+
+def lr_factor(step: int, total_steps: int, cfg: TrainConfig, budget_progress: float = 0.0) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``total_steps``
+    or when the CPU budget is spent (``budget_progress`` = fraction spent), whichever comes first:
+    a run cut by its budget still ends on a low learning rate."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    step_progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, max(step_progress, budget_progress))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -154,16 +223,85 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _to_tensors(batch: Batch, use_times: bool) -> tuple[Tensor, Tensor | None, Tensor]:
-    hist = torch.from_numpy(batch.history)  # (B, n)
-    times = torch.from_numpy(batch.times) if use_times else None  # (B, n)
-    return hist, times, torch.from_numpy(batch.targets)  # (B,)
+@dataclass
+class _Run:
+    """What one training run carries from step to step."""
+
+    split: LeaveOneOutSplit
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    model: nn.Module
+    item_prob: Tensor  # (V+1,) training frequency, 0 for padding
+    rng: np.random.Generator
+    gen: torch.Generator
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR | None = None
+    cpu0: float = field(default_factory=time.process_time)
+    steps: int = 0
+
+    def out_of_budget(self) -> bool:
+        return time.process_time() - self.cpu0 > self.cfg.cpu_budget_s
+
+
+def train_step(run: _Run, batch: Batch) -> tuple[float, int]:
+    """One optimiser step -> (summed loss over the batch's targets, number of targets)."""
+    n_real = run.model_cfg.num_items - 1
+    negatives = torch.randint(1, n_real + 1, (run.cfg.num_negatives,), generator=run.gen)
+    candidates = in_batch_candidates(torch.from_numpy(batch.targets), negatives, run.item_prob, n_real)
+    scores, targets = batch_scores(run.model, batch, candidates.items, run.model_cfg.use_time_gaps)
+    loss = multi_target_loss(scores, candidates, targets)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.opt.step()
+    if run.sched is not None:
+        run.sched.step()
+    run.steps += 1
+    n_targets = int((targets != 0).sum())
+    return float(loss.detach()) * n_targets, n_targets
+
+
+def run_epoch(run: _Run, plan: list[np.ndarray], epoch: int) -> tuple[float, bool]:
+    """Train on one epoch's batches -> (mean loss per target, whether the CPU budget ran out)."""
+    run.model.train()
+    loss_sum, n_targets, n_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+    for rows in plan:
+        batch = make_batch(run.split, rows, run.model_cfg, run.cfg)
+        loss, count = train_step(run, batch)
+        loss_sum, n_targets, n_tokens = loss_sum + loss, n_targets + count, n_tokens + int((batch.history != 0).sum())
+        if run.steps % run.cfg.log_every == 0:
+            rate = time.perf_counter() - t0
+            log.info("epoch %d step %d loss %.4f  %.0f targets/s  %.0f tokens/s", epoch, run.steps,
+                     loss_sum / n_targets, n_targets / rate, n_tokens / rate)
+        if run.out_of_budget():
+            return loss_sum / max(n_targets, 1), True
+    return loss_sum / max(n_targets, 1), False
+
+
+def start_run(split: LeaveOneOutSplit, model_cfg: ModelConfig, cfg: TrainConfig, model: nn.Module,
+              counts: np.ndarray) -> tuple[_Run, list[np.ndarray]]:
+    """Optimiser, samplers and the first epoch's plan (its length sets the schedule's horizon)."""
+    item_prob = torch.cat([torch.zeros(1), torch.from_numpy(counts / max(counts.sum(), 1)).float()])
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    run = _Run(split, model_cfg, cfg, model, item_prob, np.random.default_rng(cfg.seed),
+               torch.Generator().manual_seed(cfg.seed), opt)
+    plan = epoch_plan(split, model_cfg, cfg, run.rng)
+    run.sched = lr_schedule(run, cfg.epochs * len(plan))
+    return run, plan
+
+
+def validation_sample(split: LeaveOneOutSplit, cfg: TrainConfig) -> LeaveOneOutSplit:
+    """The split with at most ``cfg.valid_users`` evaluated users (a seeded sample, the same every epoch)."""
+    if not cfg.valid_users or len(split.eval_users) <= cfg.valid_users:
+        return split
+    rng = np.random.default_rng(cfg.seed + 1)
+    sample = np.sort(rng.choice(split.eval_users, size=cfg.valid_users, replace=False))
+    return dataclasses.replace(split, eval_users=sample)
 
 
 def train_model(split: LeaveOneOutSplit, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainResult:
     """Train ``model_cfg`` on ``split`` (see the module docstring); popularity needs no training."""
     torch.manual_seed(train_cfg.seed)
-    rng = np.random.default_rng(train_cfg.seed)
     counts = split.popularity(model_cfg.num_items)  # (V,)
     counts_t = torch.cat([torch.zeros(1, dtype=torch.int64), torch.from_numpy(counts)])  # (V+1,)
     model = create_model(model_cfg, popularity=counts_t)
@@ -171,70 +309,54 @@ def train_model(split: LeaveOneOutSplit, model_cfg: ModelConfig, train_cfg: Trai
         metrics = evaluate_split(model, split, "valid")
         log.info("popularity: valid %s", _fmt(metrics))
         return TrainResult(model.eval(), 0, metrics, [metrics])
-
-    n_real = model_cfg.num_items - 1
-    item_prob = torch.from_numpy(counts / max(counts.sum(), 1)).float()  # (V,) training frequency
-    item_prob = torch.cat([torch.zeros(1), item_prob])  # (V+1,)
-    gen = torch.Generator().manual_seed(train_cfg.seed)
-    opt = torch.optim.AdamW(_param_groups(model, train_cfg.weight_decay), lr=train_cfg.lr)
-    total_steps = train_cfg.epochs * steps_per_epoch(split, train_cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total_steps, train_cfg))
-
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    best_state, best_epoch, best_ndcg = copy.deepcopy(model.state_dict()), 0, -math.inf
-    best_metrics: dict[str, float] = {}
-    history: list[dict[str, float]] = []
-    steps, stale, stopped_by = 0, 0, "epochs"
+    wall0 = time.perf_counter()
+    run, plan = start_run(split, model_cfg, train_cfg, model, counts)
+    valid = validation_sample(split, train_cfg)
+    best = _Best(copy.deepcopy(model.state_dict()))
+    stopped_by = "epochs"
     for epoch in range(1, train_cfg.epochs + 1):
-        model.train()
-        seen_examples, seen_tokens, loss_sum, t_epoch = 0, 0, 0.0, time.perf_counter()
-        for batch in prefix_batches(split, train_cfg.prefixes_per_user, train_cfg.batch_size,
-                                    model_cfg.max_history, rng):
-            hist, times, targets = _to_tensors(batch, model_cfg.use_time_gaps)
-            negatives = torch.randint(1, n_real + 1, (train_cfg.num_negatives,), generator=gen)
-            candidates = torch.cat([targets, negatives])  # (B+M,)
-            log_q = torch.log(len(targets) * item_prob[candidates] + train_cfg.num_negatives / n_real)
-            loss = sampled_softmax_loss(model.table_scores(hist, times, candidates), candidates,
-                                        len(targets), log_q)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            steps += 1
-            seen_examples += len(targets)
-            seen_tokens += int((hist != 0).sum())
-            loss_sum += float(loss.detach()) * len(targets)
-            if steps % train_cfg.log_every == 0:
-                rate = time.perf_counter() - t_epoch
-                log.info("epoch %d step %d loss %.4f  %.0f prefixes/s  %.0f tokens/s", epoch, steps,
-                         loss_sum / seen_examples, seen_examples / rate, seen_tokens / rate)
-            if time.process_time() - cpu0 > train_cfg.cpu_budget_s:
-                stopped_by = "cpu_budget"
-                break
-        metrics = evaluate_split(model, split, "valid")
-        metrics = {"epoch": epoch, "loss": loss_sum / max(seen_examples, 1), **metrics}
-        history.append(metrics)
-        log.info("epoch %d done: loss %.4f valid %s (%.0f s, cpu %.0f s)", epoch, metrics["loss"],
-                 _fmt(metrics), time.perf_counter() - t_epoch, time.process_time() - cpu0)
-        if metrics["ndcg@10"] > best_ndcg:
-            best_ndcg, best_epoch, best_metrics, stale = metrics["ndcg@10"], epoch, metrics, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        if stopped_by == "cpu_budget":
+        if epoch > 1:
+            plan = epoch_plan(split, model_cfg, train_cfg, run.rng)
+        t_epoch = time.perf_counter()
+        loss, out_of_budget = run_epoch(run, plan, epoch)
+        metrics = {"epoch": epoch, "loss": loss, **evaluate_split(model, valid, "valid")}
+        log.info("epoch %d done: loss %.4f valid %s (%.0f s, cpu %.0f s)", epoch, loss, _fmt(metrics),
+                 time.perf_counter() - t_epoch, time.process_time() - run.cpu0)
+        best.update(model, metrics)
+        if out_of_budget:
+            stopped_by = "cpu_budget"
             log.warning("CPU budget of %.0f s spent in epoch %d", train_cfg.cpu_budget_s, epoch)
             break
-        if stale >= train_cfg.patience:
+        if best.stale >= train_cfg.patience:
             stopped_by = "early_stopping"
             break
-    model.load_state_dict(best_state)
-    result = TrainResult(model.eval(), best_epoch, best_metrics, history,
-                         cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0,
-                         steps=steps, stopped_by=stopped_by)
-    log.info("best epoch %d of %d (%s): valid %s; %.1f CPU-min, %.1f wall-min", best_epoch, len(history),
-             stopped_by, _fmt(best_metrics), result.cpu_seconds / 60, result.wall_seconds / 60)
+    model.load_state_dict(best.state)
+    result = TrainResult(model.eval(), best.epoch, best.metrics, best.history,
+                         cpu_seconds=time.process_time() - run.cpu0, wall_seconds=time.perf_counter() - wall0,
+                         steps=run.steps, stopped_by=stopped_by)
+    log.info("best epoch %d of %d (%s): valid %s; %.1f CPU-min, %.1f wall-min", best.epoch, len(best.history),
+             stopped_by, _fmt(best.metrics), result.cpu_seconds / 60, result.wall_seconds / 60)
     return result
+
+
+@dataclass
+class _Best:
+    """The best epoch so far by validation NDCG@10, and every epoch's metrics."""
+
+    state: dict[str, Any]
+    epoch: int = 0
+    ndcg: float = -math.inf
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    stale: int = 0
+
+    def update(self, model: nn.Module, metrics: dict[str, float]) -> None:
+        self.history.append(metrics)
+        if metrics["ndcg@10"] > self.ndcg:
+            self.ndcg, self.epoch, self.metrics, self.stale = metrics["ndcg@10"], int(metrics["epoch"]), metrics, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.stale += 1
 
 
 def _fmt(metrics: dict[str, float]) -> str:

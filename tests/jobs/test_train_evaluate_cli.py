@@ -35,7 +35,7 @@ def _interactions(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("model", ["lime-xor", "lime-mha", "full-attention", "popularity"])
+@pytest.mark.parametrize("model", ["lime-xor", "lime-mha", "sasrec", "popularity"])
 def test_train_then_evaluate_writes_checkpoint_and_metrics(tmp_path: Path, model: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     src = _interactions(tmp_path / "events.tsv")

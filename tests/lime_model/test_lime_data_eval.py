@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from lime_model.data import build_sequences, leave_one_out, prefix_batches, right_align
+from lime_model.data import (
+    build_sequences,
+    leave_one_out,
+    plan_sequences,
+    prefix_batch,
+    prefix_batches,
+    right_align,
+    sequence_batch,
+    sequence_windows,
+)
 from lime_model.errors import InsufficientDataError
 from lime_model.evaluate import metrics_from_ranks, rank_targets, target_ranks
 from lime_model.vocab import ItemVocabulary
@@ -67,10 +76,42 @@ def test_prefix_batches_yield_each_training_target_once_per_epoch() -> None:
     _, split = _split()
     batches = list(prefix_batches(split, prefixes_per_user=10, batch_size=2, max_history=1,
                                   rng=np.random.default_rng(0)))
-    examples = sorted((b.history[i].tolist(), int(b.targets[i]))
+    examples = sorted((b.history[i].tolist(), int(b.targets[i, 0]))
                       for b in batches for i in range(len(b.targets)))
     # user 1 train [2, 3] -> ([2], 3); user 2 train [3] -> none; user 3 train [2, 1] -> ([2], 1)
     assert examples == [([2], 1), ([2], 3)]
+
+
+def test_prefix_targets_are_the_next_training_items_of_the_window() -> None:
+    _, split = _split()  # user 1 trains on [2, 3]
+    batch = prefix_batch(split, np.array([[0, 1]]), max_history=5, target_window=3)
+    assert batch.history.tolist() == [[2]]
+    assert batch.targets.tolist() == [[3, 0, 0]]  # only training items, never validation or test
+
+
+def test_sequence_windows_make_every_training_item_but_the_first_a_target_once() -> None:
+    split = _long_split(length=12)  # one user, 10 training items
+    windows = sequence_windows(split, max_history=4)
+    targets = sorted(t for u, a, b in windows for t in split.train_items[u][a + 1:b].tolist())
+    assert targets == sorted(split.train_items[0][1:].tolist())
+    assert all(b - a <= 5 for _, a, b in windows)
+
+
+def test_sequence_batch_targets_each_position_with_the_next_item() -> None:
+    split = _long_split(length=6)  # training items are vocabulary indices of 1..4
+    (rows,) = plan_sequences(split, batch_size=4, max_history=10, rng=np.random.default_rng(0))
+    batch = sequence_batch(split, rows)
+    items = split.train_items[0]
+    assert batch.left_aligned
+    assert batch.history.tolist() == [items[:-1].tolist()]
+    assert batch.targets[:, 0].tolist() == items[1:].tolist()
+
+
+def _long_split(length: int):
+    frame = pd.DataFrame({"user_id": [1] * length, "item_id": list(range(1, length + 1)),
+                          "timestamp": list(range(length))})
+    vocab = ItemVocabulary.from_raw(frame["item_id"].to_numpy(np.int64))
+    return leave_one_out(build_sequences(frame, vocab))
 
 
 def test_right_align_pads_on_the_left() -> None:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lime_helpers import right_aligned, times_for, tiny_config, tiny_model
 
-from lime_model.model import FOLD_MIN_KEYS, FullAttentionModel, LimeModel, time_gap_buckets
+from lime_model.model import FOLD_MIN_KEYS, LimeModel, SASRecModel, time_gap_buckets
 from lime_model.reference import dense_encode_links, link_mask
 
 TOL = {"atol": 2e-5, "rtol": 1e-4}
@@ -109,7 +109,7 @@ def test_link_encoder_rows_are_independent_of_batch_mates() -> None:
     torch.testing.assert_close(together[1:2], alone, **TOL)
 
 
-@pytest.mark.parametrize("kind", ["lime-xor", "lime-mha", "full-attention"])
+@pytest.mark.parametrize("kind", ["lime-xor", "lime-mha", "sasrec"])
 def test_one_item_history_gives_finite_output(kind: str) -> None:
     model = tiny_model(tiny_config(kind, use_time_gaps=True))
     history = right_aligned([[11], [12]], 24)
@@ -121,8 +121,8 @@ def test_one_item_history_gives_finite_output(kind: str) -> None:
 
 
 def test_full_attention_user_vector_is_invariant_to_left_padding() -> None:
-    model = tiny_model(tiny_config("full-attention", use_time_gaps=True))
-    assert isinstance(model, FullAttentionModel)
+    model = tiny_model(tiny_config("sasrec", use_time_gaps=True))
+    assert isinstance(model, SASRecModel)
     short = right_aligned([[4, 8, 15, 16, 23], [5, 6, 7, 8, 9]], 5)
     padded = right_aligned([[4, 8, 15, 16, 23], [5, 6, 7, 8, 9]], 11)
     mixed = right_aligned([[4, 8, 15, 16, 23], [1, 2, 3, 5, 6, 7, 8, 9]], 8)
@@ -137,13 +137,23 @@ def test_full_attention_user_vector_is_invariant_to_left_padding() -> None:
     torch.testing.assert_close(a[0], c[0], **TOL)  # row 0 sits beside a longer row in `mixed`
 
 
-def test_full_attention_is_causal_only_the_newest_output_is_read() -> None:
-    """Changing the oldest item changes the user vector; the skyline attends over all history."""
-    model = tiny_model(tiny_config("full-attention"))
+def test_sasrec_training_outputs_are_causal_and_equal_the_served_user_vector() -> None:
+    """Position i's training output ignores later items (a non-causal encoder fails this), and it
+    is the user vector served for the prefix that ends at i (the last block's single query)."""
+    model = tiny_model(tiny_config("sasrec", use_time_gaps=True))
+    assert isinstance(model, SASRecModel)
+    items = torch.tensor([[4, 8, 15, 16, 23]])
+    times = torch.tensor([[10.0, 20.0, 400.0, 500.0, 9000.0]], dtype=torch.float64)
+    later = torch.tensor([[4, 8, 15, 30, 31]])
     with torch.no_grad():
-        a = model.encode_user(right_aligned([[1, 2, 3]], 3), None)
-        b = model.encode_user(right_aligned([[30, 2, 3]], 3), None)
-    assert not torch.allclose(a, b, atol=1e-4)
+        seq = model.encode_sequence(items, times)  # (1, 5, d)
+        changed = model.encode_sequence(later, times)
+        served = [model.encode_user(right_aligned([items[0, :i + 1].tolist()], 6),
+                                    torch.cat([torch.zeros(1, 5 - i, dtype=torch.float64), times[:, :i + 1]], 1))
+                  for i in range(5)]
+    torch.testing.assert_close(seq[:, :3], changed[:, :3], **TOL)
+    assert not torch.allclose(seq[:, 3:], changed[:, 3:], atol=1e-4)
+    torch.testing.assert_close(torch.cat(served), seq[0], **TOL)
 
 
 def test_history_longer_than_max_history_is_rejected() -> None:

@@ -53,8 +53,8 @@ def test_encode_histories_rejects_out_of_vocabulary_indices() -> None:
 
 
 def test_encode_histories_refuses_the_skyline() -> None:
-    model = tiny_model(tiny_config("full-attention"))
-    with pytest.raises(ValueError, match="encode_histories needs a LIME model, got 'full-attention'"):
+    model = tiny_model(tiny_config("sasrec"))
+    with pytest.raises(ValueError, match="encode_histories needs a LIME model, got 'sasrec'"):
         encode_histories(model, [np.array([3], dtype=np.int64)], None, CPU)
 
 

@@ -532,7 +532,7 @@ def test_missing_checkpoint(spark, world: World, lake: DeltaRsStore, tmp_path: P
 
 
 def test_checkpoint_of_a_model_without_links(spark, world: World, lake: DeltaRsStore, tmp_path: Path) -> None:
-    make_checkpoint(tmp_path / "sasrec.ckpt", KNOWN, model="full-attention", max_history=MAX_HISTORY)
+    make_checkpoint(tmp_path / "sasrec.ckpt", KNOWN, model="sasrec", max_history=MAX_HISTORY)
     with pytest.raises(UnsupportedModelError, match=r"holds a 'full-attention' model; the nightly pipeline needs "
                                                     r"link embeddings"):
         open_ctx(spark, lake, tmp_path / "sasrec.ckpt")

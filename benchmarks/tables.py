@@ -1,6 +1,6 @@
 """Markdown tables for the README from the benchmark JSON files.
 
-    python benchmarks/tables.py   # prints the tables (pipeline.json, model_scaling.json, ml100k.json)
+    python benchmarks/tables.py   # prints the tables (pipeline.json, model_scaling.json, quality.json)
 """
 
 from __future__ import annotations
@@ -84,27 +84,33 @@ def model_tables(data: dict) -> str:
 
 
 def quality_tables(data: dict) -> str:
-    """Mean test metrics per model over the seeds (MovieLens-100K, full catalogue)."""
-    s = data["summary"]
-    lines = ["| model | seeds | HR@10 | NDCG@10 | HR@50 | NDCG@50 |", "|---|---|---|---|---|---|"]
+    """Per setting (dataset @ CPU budget): mean test metrics per model over the seeds (full
+    catalogue), the ratios and their bootstrap interval, and NDCG@10 per run."""
+    return "\n\n".join(setting_table(name, s, [r for r in data["runs"] if r["setting"] == name])
+                        for name, s in data["summary"].items())
+
+
+def setting_table(name: str, s: dict, runs: list[dict]) -> str:
+    lines = [f"**{name}** ({s['cpu_budget_minutes']:g} CPU-minutes per model)", "",
+             "| model | seeds | HR@10 | NDCG@10 | HR@50 | NDCG@50 |", "|---|---|---|---|---|---|"]
     for model, m in s["means"].items():
         lines.append(f"| {model} | {m['seeds']} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} "
                      f"| {m['ndcg@50']:.4f} |")
-    ratios = [f"`{k}` = {s[k]}" for k in ("xor_over_full_ndcg@10", "xor_over_popularity_ndcg@10") if k in s]
-    if "xor_over_full_ndcg@10_ci95" in s:
-        lo, hi = s["xor_over_full_ndcg@10_ci95"]
+    ratios = [f"`{k}` = {s[k]}" for k in ("xor_over_sasrec_ndcg@10", "xor_over_popularity_ndcg@10") if k in s]
+    if "xor_over_sasrec_ndcg@10_ci95" in s:
+        lo, hi = s["xor_over_sasrec_ndcg@10_ci95"]
         ratios.insert(1, f"95% bootstrap interval of the first over the {s['bootstrap']['users']} test users "
                          f"[{lo}, {hi}]")
-    per_seed = ", ".join(f"{r['model']} s{r['seed']} {r['ndcg@10']:.4f}" for r in data["runs"])
+    per_seed = ", ".join(f"{r['model']} s{r['seed']} {r['ndcg@10']:.4f}" for r in runs)
     return "\n".join(lines) + "\n\n" + "; ".join(ratios) + f" (NDCG@10 per run: {per_seed})"
 
 
 def main() -> int:
     pipeline = _load("pipeline.json")
     model = _load("model_scaling.json")
-    quality = _load("ml100k.json")
+    quality = _load("quality.json")
     if quality:
-        print("### MovieLens-100K (`python benchmarks/ml100k_quality.py`)\n")
+        print("### Ranking quality (`python benchmarks/quality.py`)\n")
         print(quality_tables(quality) + "\n")
     if pipeline:
         print("### Pipeline (`python benchmarks/pipeline_throughput.py`)\n")

@@ -76,26 +76,30 @@ def test_tree_rss_counts_resident_bytes_of_every_descendant() -> None:
     assert tree - before >= 60 << 20
 
 
-def test_ml100k_summary_means_over_seeds_and_ratios() -> None:
-    from benchmarks.ml100k_quality import summarise
+def test_quality_summary_means_over_seeds_and_ratios_per_setting() -> None:
+    from benchmarks.quality import summarise_settings
     from benchmarks.tables import quality_tables
 
-    def run(model: str, seed: int, ndcg: float) -> dict:
-        return {"model": model, "seed": seed, "hr@10": 2 * ndcg, "ndcg@10": ndcg, "hr@50": 0.5, "ndcg@50": 0.2}
+    def run(setting: str, model: str, seed: int, ndcg: float) -> dict:
+        return {"setting": setting, "model": model, "seed": seed, "hr@10": 2 * ndcg, "ndcg@10": ndcg,
+                "hr@50": 0.5, "ndcg@50": 0.2}
 
-    runs = [run("lime-xor", 0, 0.08), run("lime-xor", 1, 0.10), run("full-attention", 0, 0.10),
-            run("popularity", 0, 0.03)]
-    summary = summarise(runs)
-    assert summary["means"]["lime-xor"] == {"hr@10": 0.18, "ndcg@10": 0.09, "hr@50": 0.5, "ndcg@50": 0.2, "seeds": 2}
-    assert summary["xor_over_full_ndcg@10"] == 0.9
-    assert summary["xor_over_popularity_ndcg@10"] == 3.0
+    runs = [run("ml-100k", "lime-xor", 0, 0.08), run("ml-100k", "lime-xor", 1, 0.10),
+            run("ml-100k", "sasrec", 0, 0.10), run("ml-100k", "popularity", 0, 0.03),
+            run("ml-100k@3min", "lime-xor", 0, 0.05), run("ml-100k@3min", "sasrec", 0, 0.10)]
+    summary = summarise_settings(runs)
+    full, short = summary["ml-100k"], summary["ml-100k@3min"]
+    assert full["means"]["lime-xor"] == {"hr@10": 0.18, "ndcg@10": 0.09, "hr@50": 0.5, "ndcg@50": 0.2, "seeds": 2}
+    assert full["xor_over_sasrec_ndcg@10"] == 0.9 and short["xor_over_sasrec_ndcg@10"] == 0.5
+    assert full["xor_over_popularity_ndcg@10"] == 3.0 and "xor_over_popularity_ndcg@10" not in short
+    assert (full["cpu_budget_minutes"], short["cpu_budget_minutes"]) == (14.0, 3.0)
     table = quality_tables({"summary": summary, "runs": runs})
     assert "| lime-xor | 2 | 0.1800 | 0.0900 | 0.5000 | 0.2000 |" in table
-    assert "`xor_over_full_ndcg@10` = 0.9" in table
+    assert "`xor_over_sasrec_ndcg@10` = 0.9" in table and "**ml-100k@3min** (3 CPU-minutes per model)" in table
 
 
 def test_paired_bootstrap_interval_covers_the_ratio_and_narrows_with_agreement() -> None:
-    from benchmarks.ml100k_quality import paired_bootstrap_ratio
+    from benchmarks.quality import paired_bootstrap_ratio
 
     rng = np.random.default_rng(1)
     b = rng.random(2000)
@@ -109,21 +113,21 @@ def test_paired_bootstrap_interval_covers_the_ratio_and_narrows_with_agreement()
         paired_bootstrap_ratio(b, b[:-1])
 
 
-def test_ml100k_summary_bootstraps_the_ratio_over_users_averaged_over_seeds() -> None:
-    from benchmarks.ml100k_quality import summarise
+def test_quality_summary_bootstraps_the_ratio_over_users_averaged_over_seeds() -> None:
+    from benchmarks.quality import summarise
     from benchmarks.tables import quality_tables
 
     def run(model: str, seed: int, ranks: list[int]) -> dict:
-        return {"model": model, "seed": seed, "hr@10": 0.5, "ndcg@10": 0.1, "hr@50": 0.5, "ndcg@50": 0.2,
-                "rank_by_user": {str(u): r for u, r in enumerate(ranks)}}
+        return {"setting": "ml-100k", "model": model, "seed": seed, "hr@10": 0.5, "ndcg@10": 0.1,
+                "hr@50": 0.5, "ndcg@50": 0.2, "rank_by_user": {str(u): r for u, r in enumerate(ranks)}}
 
     runs = [run("lime-xor", 0, [0, 50] * 50), run("lime-xor", 1, [50, 0] * 50),  # 0.5 per user on average
-            run("full-attention", 0, [0] * 100)]
+            run("sasrec", 0, [0] * 100)]
     summary = summarise(runs)
-    assert summary["xor_over_full_ndcg@10_ci95"] == [0.5, 0.5]
+    assert summary["xor_over_sasrec_ndcg@10_ci95"] == [0.5, 0.5]
     assert summary["bootstrap"]["users"] == 100
     assert "95% bootstrap interval of the first over the 100 test users [0.5, 0.5]" in quality_tables(
-        {"summary": summary, "runs": runs})
+        {"summary": {"ml-100k": {"cpu_budget_minutes": 14.0, **summary}}, "runs": runs})
     runs[1]["rank_by_user"].pop("7")
     with pytest.raises(ValueError, match="lime-xor seed 1 was evaluated on other users than seed 0"):
         summarise(runs)

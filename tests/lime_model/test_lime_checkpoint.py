@@ -36,7 +36,7 @@ def _rewrite(path: Path, edit) -> None:
     torch.save(payload, path)
 
 
-@pytest.mark.parametrize("kind", ["lime-xor", "lime-mha", "full-attention", "popularity"])
+@pytest.mark.parametrize("kind", ["lime-xor", "lime-mha", "sasrec", "popularity"])
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "model.pt"
     original = tiny_model(tiny_config(kind, use_time_gaps=True))

@@ -149,6 +149,11 @@ class DeltaSparkStore:
         detail = self.spark.sql(f"DESCRIBE DETAIL delta.{sql_identifier(self.uri(spec.name))}")
         return str(detail.select("id").head()[0])
 
+    def check_schema(self, spec: TableSpec) -> None:
+        if self._jtable(spec) is not None:
+            schema = self.spark.read.format("delta").load(self.uri(spec.name)).schema
+            check_spark_schema(spec.name, schema, spec.spark_schema, allow_extra=False, hint=spec.outdated_hint)
+
     def _history(self, spec: TableSpec) -> list[HistoryEntry]:
         """The table's commits that carry userMetadata, newest first (empty: no table)."""
         from pyspark.sql import DataFrame as PyDataFrame
@@ -208,7 +213,8 @@ class DeltaSparkStore:
         if version is not None:
             reader = reader.option("versionAsOf", version)
         df = reader.load(self.uri(spec.name))
-        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=allow_extra_columns)
+        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=allow_extra_columns,
+                           hint=spec.outdated_hint)
         return df.where(_equal_to(partition)) if partition else df
 
     def read_arrow(
@@ -232,6 +238,8 @@ class DeltaSparkStore:
         target = _check_partition_arg(spec, partition)
         if self.committed_version(spec, app_id) is not None:
             return CommitResult(spec.name, self.version(spec) or 0, 0, 0, skipped=True)
+        # the table's own schema too: Delta's mismatch error would not say what to do about it
+        self.check_schema(spec)
         user_meta = {"lime_rank.app_id": app_id, **{f"lime_rank.{k}": v for k, v in (metadata or {}).items()}}
         writer = (
             df.select(*spec.column_names).write.format("delta").mode(mode)

@@ -116,6 +116,7 @@ class SchemaMismatchError(ErrorWithFields):
         missing: Sequence[str] = (),
         unexpected: Sequence[str] = (),
         wrong_type: Mapping[str, tuple[str, str]] | None = None,
+        hint: str = "",
     ) -> None:
         # tuples, also when rebuilt from JSON fields (lists)
         wrong_type = {col: (str(got), str(want)) for col, (got, want) in (wrong_type or {}).items()}
@@ -126,10 +127,12 @@ class SchemaMismatchError(ErrorWithFields):
             parts.append(f"unexpected column(s) {sorted(unexpected)}")
         for col, (got, want) in sorted(wrong_type.items()):
             parts.append(f"column {col!r} has type {got}, expected {want}")
-        super().__init__(f"schema of table {table!r} does not match: " + "; ".join(parts))
+        super().__init__(f"schema of table {table!r} does not match: " + "; ".join(parts) + hint)
         self.table = table
         self.missing, self.unexpected, self.wrong_type = list(missing), list(unexpected), wrong_type
-        self._keep_fields(table=table, missing=self.missing, unexpected=self.unexpected, wrong_type=wrong_type)
+        self.hint = hint
+        self._keep_fields(table=table, missing=self.missing, unexpected=self.unexpected, wrong_type=wrong_type,
+                          hint=hint)
 
 
 class NullValueError(TableError):
@@ -163,6 +166,11 @@ class UnsupportedTableFeatureError(TableError):
 
 class UnsupportedOnEngineError(TableError):
     """The operation is not available on the lakehouse's table engine."""
+
+
+class SourceOrderUnavailableError(TableError):
+    """A table read whose rows' source position (data file, row index) Spark cannot give: events
+    with equal timestamps would have no defined order."""
 
 
 class ModelVersionMismatchError(LimeRankError):

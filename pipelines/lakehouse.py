@@ -173,8 +173,10 @@ def _types_equal(a: DataType, b: DataType) -> bool:
     return a == b
 
 
-def check_spark_schema(table: str, actual: StructType, expected: StructType, *, allow_extra: bool) -> None:
-    """Raise :class:`SchemaMismatchError` naming every missing, unexpected or retyped column."""
+def check_spark_schema(table: str, actual: StructType, expected: StructType, *, allow_extra: bool,
+                       hint: str = "") -> None:
+    """Raise :class:`SchemaMismatchError` naming every missing, unexpected or retyped column
+    (``hint``: what to do about it, for an existing table's schema)."""
     have = {f.name: f.dataType for f in actual.fields}
     want = {f.name: f.dataType for f in expected.fields}
     missing = [c for c in want if c not in have]
@@ -183,10 +185,11 @@ def check_spark_schema(table: str, actual: StructType, expected: StructType, *, 
         c: (_simple(have[c]), _simple(t)) for c, t in want.items() if c in have and not _types_equal(have[c], t)
     }
     if missing or unexpected or wrong:
-        raise SchemaMismatchError(table, missing, unexpected, wrong)
+        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
 
 
-def check_arrow_schema(table: str, actual: pa.Schema, expected: pa.Schema, *, allow_extra: bool) -> None:
+def check_arrow_schema(table: str, actual: pa.Schema, expected: pa.Schema, *, allow_extra: bool,
+                       hint: str = "") -> None:
     """Arrow flavour of :func:`check_spark_schema` (nullability and field names of lists ignored)."""
 
     def norm(t: pa.DataType) -> pa.DataType:
@@ -202,7 +205,7 @@ def check_arrow_schema(table: str, actual: pa.Schema, expected: pa.Schema, *, al
     unexpected = [] if allow_extra else [c for c in have if c not in want]
     wrong = {c: (str(have[c]), str(t)) for c, t in want.items() if c in have and have[c] != t}
     if missing or unexpected or wrong:
-        raise SchemaMismatchError(table, missing, unexpected, wrong)
+        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
 
 
 class TableStore(Protocol):
@@ -220,6 +223,10 @@ class TableStore(Protocol):
     def committed_version(self, spec: TableSpec, app_id: str) -> int | None: ...
 
     def table_id(self, spec: TableSpec) -> str | None: ...
+
+    def check_schema(self, spec: TableSpec) -> None:
+        """An existing table must have ``spec``'s schema exactly (:class:`SchemaMismatchError` with
+        ``spec.outdated_hint``); a missing table passes.  No Spark job."""
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
 
@@ -356,6 +363,12 @@ class DeltaRsStore:
         table = self._load(spec)
         return None if table is None else str(table.metadata().id)
 
+    def check_schema(self, spec: TableSpec) -> None:
+        table = self._load(spec)
+        if table is not None:
+            check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=False,
+                               hint=spec.outdated_hint)
+
     def delta_table(self, spec: TableSpec, version: int | None = None) -> DeltaTable:
         table = self._load(spec, version)
         if table is None:
@@ -408,7 +421,7 @@ class DeltaRsStore:
         types (extra columns only with ``allow_extra_columns``).
         """
         schema = self.arrow_schema(spec, version)
-        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=allow_extra_columns)
+        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=allow_extra_columns, hint=spec.outdated_hint)
         return self.read_table(spec.name, version=version, partition=partition)
 
     def read_table(
@@ -449,7 +462,8 @@ class DeltaRsStore:
         if wrong:
             raise ValueError(f"table {spec.name!r}: read_arrow takes data columns of the spec, not {wrong}")
         table = self.delta_table(spec)  # one snapshot for the schema check and the file list
-        check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=True)
+        check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=True,
+                           hint=spec.outdated_hint)
         self.check_file_list_exact(spec, table)
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
         wanted = pa.schema([spec.data_schema.field(c) for c in columns])
@@ -705,7 +719,7 @@ class DeltaRsStore:
                 return CommitResult(spec.name, table.version(), 0, 0, skipped=True)
             if table is not None:
                 check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema,
-                                   allow_extra=False)
+                                   allow_extra=False, hint=spec.outdated_hint)
             if expected_partition_state is not None:
                 current = self._partition_state(table, partition)
                 if current != expected_partition_state:

@@ -25,6 +25,8 @@ class TableSpec:
 
     ``uncompressed``: columns written without compression (dense float vectors: zstd saves
     under 10% of their size but makes every scan of them several times slower).
+    ``outdated_hint``: what an operator does when an existing table's schema differs from this
+    one (e.g. after an upgrade added columns), appended to the :class:`SchemaMismatchError`.
     """
 
     name: str
@@ -32,6 +34,7 @@ class TableSpec:
     partition_by: tuple[str, ...] = ()
     description: str = ""
     uncompressed: tuple[str, ...] = ()
+    outdated_hint: str = ""
 
     def __post_init__(self) -> None:
         for col in self.partition_by:

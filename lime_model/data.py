@@ -54,8 +54,17 @@ class UserSequences:
 
 def build_sequences(frame: pd.DataFrame, vocab: ItemVocabulary) -> UserSequences:
     """``frame`` with ``user_id, item_id, timestamp`` (as ``datasets.read_interactions`` returns it,
-    sorted by user then time) -> sequences; items unknown to ``vocab`` are dropped and counted."""
+    sorted by user then time) -> sequences; exact duplicate events (same user, item and timestamp)
+    are kept once (the first in file order) and items unknown to ``vocab`` are dropped, both
+    counted.  Equal timestamps keep the file order.
+
+    These are the nightly pipeline's rules (``pipelines.histories``), so that the lists it serves
+    are the lists evaluation measures (DESIGN.md §1)."""
     frame = frame.sort_values(["user_id", "timestamp"], kind="stable")
+    distinct = frame.drop_duplicates(["user_id", "item_id", "timestamp"], keep="first")
+    if len(distinct) < len(frame):
+        log.warning("dropped %d duplicate interactions (same user, item and timestamp)", len(frame) - len(distinct))
+    frame = distinct
     idx = vocab.encode(frame["item_id"].to_numpy(np.int64))
     unknown = int((idx == 0).sum())
     if unknown:

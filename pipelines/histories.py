@@ -8,10 +8,18 @@ Rules (DESIGN.md §2), each dropped row counted:
   ``event_date`` partition they are filed under (a late event filed under a later day is kept
   and counted in ``late_filed_events``);
 * rows with a null ``user_id``, ``item_id`` or ``ts`` -> ``null_ids``; negative ids -> ``negative_ids``;
-* exact duplicate events (same user, item, ts) kept once -> ``duplicate_events``;
+* exact duplicate events (same user, item, ts) kept once, the first in source order ->
+  ``duplicate_events``;
 * items unknown to the model vocabulary -> ``unknown_items`` (the user stays, possibly
   with an empty history: that user gets the popularity list downstream);
-* the last ``max_history`` events by time, ties broken by item id -> ``truncated_events``.
+* the last ``max_history`` events by time -> ``truncated_events``; events with equal ``ts`` keep
+  their source order (:func:`with_source_order`: data file path, then row index in the file),
+  never item-id order;
+* ``seen_item_ids``: every distinct known item of the user's events up to ds, not only the last
+  ``max_history``: the items the scorer excludes.
+
+These are the rules of ``lime_model.data.build_sequences`` (training and ``lime-rank evaluate``):
+the same duplicates dropped, the same order, the same seen items (DESIGN.md §1).
 
 ``events_on_ds`` counts the valid events of the day ``ds`` itself: zero means the
 upstream day has not landed (or ``ds`` is wrong), and the job refuses to publish
@@ -25,13 +33,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.columns import INTEGER, TIMESTAMP, require_columns
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, SourceOrderUnavailableError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 MAX_HISTORY_LIMIT = 100_000
 EVENT_DATE = "event_date"  # optional string partition column of events (UTC day of ts)
+# where a row of events was read from: ties of ts are ordered by these (with_source_order)
+SOURCE_FILE = "source_file"
+SOURCE_ROW = "source_row"
 
 @dataclass(frozen=True)
 class HistoryConfig:
@@ -59,6 +70,31 @@ class HistoryConfig:
 
 def check_events_schema(events: DataFrame) -> None:
     require_columns("events", events.schema, {"user_id": INTEGER, "item_id": INTEGER, "ts": TIMESTAMP})
+
+
+def with_source_order(events: DataFrame) -> DataFrame:
+    """``events`` (a table read) plus each row's source position: ``source_file`` (the data file's
+    path) and ``source_row`` (the row's index in that file).
+
+    Events with equal ``ts`` keep this order, as training and evaluation keep the file order of
+    the interactions they read.  Across files the order is the files' paths (deterministic; for a
+    table partitioned by ``event_date``, the older day first).  Spark's hidden ``_metadata``
+    column gives both, but only on the file read itself (a Union such as :func:`prune_events`
+    hides it): call this on the read, before pruning."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    if not events.inputFiles():  # a read of no file (an empty table) has no row to order
+        return events.select("*", F.lit(None).cast("string").alias(SOURCE_FILE),
+                             F.lit(None).cast("long").alias(SOURCE_ROW))
+    try:
+        return events.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE),
+                             F.col("_metadata.row_index").alias(SOURCE_ROW))
+    except AnalysisException as exc:
+        raise SourceOrderUnavailableError(
+            "table 'events': this read has no _metadata.file_path/_metadata.row_index column, so events "
+            "with equal ts would have no defined order"
+        ) from exc
 
 
 def is_date_partitioned(events: DataFrame) -> bool:
@@ -97,8 +133,9 @@ def with_unread_later_rows(drops: dict[str, int], later_dated_rows: int) -> dict
 
 
 def flag_events(events: DataFrame, cfg: HistoryConfig) -> DataFrame:
-    """(user_id bigint, item_id bigint, ts timestamp) plus boolean drop flags (and whether the row
-    was filed under an ``event_date`` after ds)."""
+    """(user_id bigint, item_id bigint, ts timestamp, source_file, source_row) plus boolean drop
+    flags (and whether the row was filed under an ``event_date`` after ds).  ``events`` carries
+    :func:`with_source_order`'s columns."""
     from pyspark.sql import functions as F
 
     end = F.to_timestamp(F.lit(cfg.end_exclusive))
@@ -107,6 +144,8 @@ def flag_events(events: DataFrame, cfg: HistoryConfig) -> DataFrame:
         F.col("user_id").cast("bigint").alias("user_id"),
         F.col("item_id").cast("bigint").alias("item_id"),
         ts.alias("ts"),
+        SOURCE_FILE,
+        SOURCE_ROW,
         (F.col(EVENT_DATE) > F.lit(cfg.ds) if is_date_partitioned(events) else F.lit(False)).alias("is_filed_later"),
     ).select(
         "*",
@@ -137,37 +176,60 @@ def drop_counts(flagged: DataFrame) -> dict[str, int]:
     return {k: int(row[k] or 0) for k in row.asDict()}
 
 
+def distinct_in_source_order(valid: DataFrame) -> DataFrame:
+    """(user_id, item_id, ts, tie_order): exact duplicate events (user, item, ts) kept once, the
+    first in source order; ``tie_order`` ranks an event among the user's events with the same
+    ``ts`` in source order (gaps where duplicates were dropped).
+
+    Both windows are partitioned by (user_id, ts[, item_id]): one shuffle by (user_id, ts) serves
+    both, as the dropped ``dropDuplicates`` shuffle did."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    source = (F.col(SOURCE_FILE).asc_nulls_first(), F.col(SOURCE_ROW).asc_nulls_first())
+    same_instant = Window.partitionBy("user_id", "ts").orderBy(*source)
+    same_event = Window.partitionBy("user_id", "ts", "item_id").orderBy(*source)
+    ranked = valid.select("user_id", "item_id", "ts", F.row_number().over(same_instant).alias("tie_order"),
+                          F.row_number().over(same_event).alias("copy"))
+    return ranked.where(F.col("copy") == 1).drop("copy")
+
+
 def user_event_lists(flagged: DataFrame, known_items: DataFrame, cfg: HistoryConfig) -> DataFrame:
     """Per user: deduplicated event count and the time-sorted known events.
 
-    Columns: user_id, n_events (distinct valid events), events array<struct<ts, item_id>>
-    (known items only, ascending by (ts, item_id)).
+    Columns: user_id, n_events (distinct valid events), events array<struct<ts, tie_order,
+    item_id>> (known items only, ascending by ts, then source order).
     """
     from pyspark.sql import functions as F
 
     valid = flagged.where(~F.col("is_null") & ~F.col("is_negative") & ~F.col("is_future"))
-    distinct = valid.select("user_id", "item_id", "ts").dropDuplicates(["user_id", "item_id", "ts"])
+    distinct = distinct_in_source_order(valid)
     vocab = F.broadcast(known_items.select(F.col("item_id").cast("bigint")).distinct()
                         .withColumn("known", F.lit(True)))
     tagged = distinct.join(vocab, "item_id", "left")
     return tagged.groupBy("user_id").agg(
         F.count(F.lit(1)).alias("n_events"),
-        F.sort_array(F.collect_list(F.when(F.col("known"), F.struct("ts", "item_id")))).alias("events"),
+        F.sort_array(F.collect_list(F.when(F.col("known"), F.struct("ts", "tie_order", "item_id")))).alias("events"),
     )
 
 
 def to_histories(per_user: DataFrame, cfg: HistoryConfig) -> DataFrame:
-    """``user_histories`` rows (ds, user_id, item_ids, ts, n) from :func:`user_event_lists`."""
+    """``user_histories`` rows (ds, user_id, item_ids, ts, n, seen_item_ids, n_seen) from
+    :func:`user_event_lists`: the last ``max_history`` events, and every distinct item of all of
+    them (ascending ids)."""
     from pyspark.sql import functions as F
 
     size = F.size("events")
     last = F.slice("events", F.greatest(size - F.lit(cfg.max_history) + 1, F.lit(1)), cfg.max_history)
+    seen = F.array_sort(F.array_distinct(F.transform("events", lambda e: e["item_id"])))
     return per_user.select(
         F.lit(cfg.ds).alias("ds"),
         "user_id",
         F.transform(last, lambda e: e["item_id"]).alias("item_ids"),
         F.transform(last, lambda e: e["ts"]).alias("ts"),
         F.size(last).cast("int").alias("n"),
+        seen.alias("seen_item_ids"),
+        F.size(seen).cast("int").alias("n_seen"),
     )
 
 

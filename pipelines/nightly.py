@@ -153,8 +153,11 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         done = _already_done(ctx, record, USER_HISTORIES.name, app_id)
         if done:
             return done
+        # an outdated user_histories (e.g. without seen_item_ids) is refused before the scan, not after
+        ctx.store.check_schema(USER_HISTORIES)
         events = ctx.store.read_table("events")
         h.check_events_schema(events)
+        events = h.with_source_order(events)  # on the read itself: prune_events' Union hides _metadata
         pruned = h.prune_events(events, ctx.ds)
         if pruned is not events and not allow_empty_ds:  # date-partitioned: a free check before the scan
             _require_events_on_ds(ctx, ctx.store.count_rows("events", [(h.EVENT_DATE, "=", ctx.ds)]))
@@ -307,14 +310,15 @@ def _candidate_count(ctx: RunContext) -> int:
     return rows
 
 
-def _longest_history(ctx: RunContext, histories: DataFrame) -> int:
-    """max(n) of user_histories(ds): from the log's file statistics, else by a Spark scan."""
+def _largest_seen_set(ctx: RunContext, histories: DataFrame) -> int:
+    """max(n_seen) of user_histories(ds), the longest seen list: from the log's file statistics,
+    else by a Spark scan."""
     from pyspark.sql import functions as F
 
-    bounds = ctx.store.column_bounds(USER_HISTORIES, "n", {"ds": ctx.ds})
+    bounds = ctx.store.column_bounds(USER_HISTORIES, "n_seen", {"ds": ctx.ds})
     if bounds is not None:
         return int(bounds[1])
-    return int(histories.agg(F.max("n")).head()[0] or 0)
+    return int(histories.agg(F.max("n_seen")).head()[0] or 0)
 
 
 def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
@@ -375,14 +379,17 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             candidate_ids = np.sort(ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, ["item_id"],
                                                          partition=version_partition).column("item_id").to_numpy())
             files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition=version_partition)
-        seen = histories.select("user_id", F.col("item_ids").alias("seen"))
+        # seen items: every distinct item of the user's events up to ds (seen_item_ids), not only the
+        # last --max-history of them, as lime-rank evaluate masks the whole history (DESIGN.md §1)
+        seen = histories.select("user_id", F.col("seen_item_ids").alias("seen"))
         # the seen lists ride along with each user's L_P: broadcast them while they are small, so L_P
-        # is never shuffled for the join; the popularity list is then counted from them on the driver
-        # too.  Sized from the partition's longest history: extract's --max-history (up to 100,000),
-        # not the model's window, bounds the lists
-        longest = _longest_history(ctx, histories)
-        seen_broadcast = s.seen_lists_bytes(history_rows, longest) <= cfg.seen_broadcast_max_bytes
-        seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "item_ids"], partition={"ds": ctx.ds})
+        # is never shuffled for the join; the popularity list is then counted on the driver too.
+        # Sized from the partition's largest seen set, which neither the model's window nor
+        # extract's --max-history bounds
+        largest_seen = _largest_seen_set(ctx, histories)
+        seen_broadcast = s.seen_lists_bytes(history_rows, largest_seen) <= cfg.seen_broadcast_max_bytes
+        seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "seen_item_ids", "item_ids"],
+                                           partition={"ds": ctx.ds})
                       if seen_broadcast else None)
         cores = max(1, ctx.spark.sparkContext.defaultParallelism)
         link_files = ctx.store.file_uris(USER_LINKS, partition={"ds": ctx.ds}) \
@@ -396,7 +403,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         user_candidates = None
         reader = None
         if direct:
-            seen_table = (ctx.spark.sparkContext.broadcast(seen_lists.rename_columns(["user_id", "seen"]))
+            seen_table = (ctx.spark.sparkContext.broadcast(
+                seen_lists.select(["user_id", "seen_item_ids"]).rename_columns(["user_id", "seen"]))
                           if cfg.exclude_seen and seen_lists is not None else None)
             if seen_table is not None:
                 shipped.append(seen_table)
@@ -437,7 +445,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
                     staged.frame, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
                     exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates,
                     catalogue_size=len(candidate_ids), link_versions=versions,
-                    longest_history=longest))
+                    largest_seen=largest_seen))
             except Exception as exc:
                 reraise_task_error(exc)
                 raise

@@ -5,7 +5,8 @@ nothing), and by validate_publish on the committed partition before it is
 published.  Checks:
 
 * ``rows_per_user``: K rows per user, fewer only when the user has fewer eligible
-  candidates (catalogue minus seen items when seen items are excluded);
+  candidates (catalogue minus seen items when seen items are excluded; seen items are
+  ``user_histories.seen_item_ids``, the set the scorer excludes);
 * ``ranks``: ranks are exactly 1..rows; ``distinct_items``: no item twice for a user;
 * ``finite_scores``: no NaN or infinite score;
 * ``model_version``: every row (and every ``user_links`` row) carries the run's model version;
@@ -119,16 +120,16 @@ def check_recommendations(
     user_candidates: DataFrame | None = None,
     catalogue_size: int | None = None,
     link_versions: list[str] | None = None,
-    longest_history: int | None = None,
+    largest_seen: int | None = None,
 ) -> QualityReport:
     """Gate ``recs`` (recommendations rows of ``ds``) against the run's inputs.
 
-    ``histories``: user_histories(ds) (user_id, item_ids, n); ``candidate_ids``: (item_id) of
+    ``histories``: user_histories(ds) (user_id, n, seen_item_ids, n_seen); ``candidate_ids``: (item_id) of
     the candidate table; ``user_links``: user_links(ds), to check its model_version too;
     ``user_candidates``: (user_id, item_ids) per-user candidate lists when scoring used them
     (those users' eligible items are their list's catalogue items, minus seen ones).
     A user with no eligible candidate at all may have no row.  ``catalogue_size``,
-    ``link_versions`` (distinct model versions of user_links) and ``longest_history`` (max ``n``
+    ``link_versions`` (distinct model versions of user_links) and ``largest_seen`` (max ``n_seen``
     of ``histories``) spare a scan when the caller already knows them.
     """
     from pyspark.sql import functions as F
@@ -136,14 +137,14 @@ def check_recommendations(
     catalogue = (catalogue_size if catalogue_size is not None
                  else candidate_ids.select("item_id").distinct().count())
     per_user = _per_user(recs, top_k, model_version)
-    # seen items can only shorten a list when the catalogue minus the longest history is below K
-    longest = (longest_history if longest_history is not None
-               else int(histories.agg(F.max("n")).head()[0] or 0))
-    seen_matters = exclude_seen and catalogue - longest < top_k
-    users = histories.select("user_id", "n", *(["item_ids"] if seen_matters else []))
+    # seen items can only shorten a list when the catalogue minus the largest seen set is below K
+    largest = (largest_seen if largest_seen is not None
+               else int(histories.agg(F.max("n_seen")).head()[0] or 0))
+    seen_matters = exclude_seen and catalogue - largest < top_k
+    users = histories.select("user_id", "n", *(["seen_item_ids"] if seen_matters else []))
     if seen_matters:
         seen = (
-            users.select("user_id", F.explode(F.array_distinct("item_ids")).alias("item_id"))
+            users.select("user_id", F.explode("seen_item_ids").alias("item_id"))
             .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
             .groupBy("user_id").agg(F.count(F.lit(1)).alias("seen_candidates"))
         )
@@ -156,7 +157,7 @@ def check_recommendations(
             .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
         )
         if exclude_seen:
-            seen_pairs = histories.select("user_id", F.explode("item_ids").alias("item_id"))
+            seen_pairs = histories.select("user_id", F.explode("seen_item_ids").alias("item_id"))
             own = own.join(seen_pairs, ["user_id", "item_id"], "left_anti")
         own_counts = own.groupBy("user_id").agg(F.count(F.lit(1)).alias("own_eligible"))
         listed = user_candidates.select("user_id").distinct().withColumn("has_list", F.lit(True))

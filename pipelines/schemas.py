@@ -94,9 +94,16 @@ USER_HISTORIES = TableSpec(
         _f("item_ids", pa.list_(pa.field("element", pa.int64(), nullable=False))),
         _f("ts", pa.list_(pa.field("element", UTC_MICROS, nullable=False))),
         _f("n", pa.int32()),
+        _f("seen_item_ids", pa.list_(pa.field("element", pa.int64(), nullable=False))),
+        _f("n_seen", pa.int32()),
     ]),
     partition_by=("ds",),
-    description="last N events per user up to the end of ds, oldest first, ids known to the model",
+    description="last N events per user up to the end of ds, oldest first, ids known to the model; "
+                "seen_item_ids: every distinct known item of the user's events up to ds (ascending), "
+                "the items the scorer excludes",
+    # derived data: extract_histories rebuilds any day from events, so an old table is dropped, not migrated
+    outdated_hint="; user_histories is derived data: drop the table (delete its folder) and re-run "
+                  "extract-histories for the days you need (docs/operations.md, 'Upgrades')",
 )
 
 CANDIDATE_LINK_WEIGHTS = TableSpec(

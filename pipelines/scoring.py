@@ -64,8 +64,8 @@ class ScoringConfig:
     exclude_seen: bool = True
     candidate_mode: str = "auto"
     broadcast_max_bytes: int = 512 * 1024 * 1024
-    # seen lists (user_histories.item_ids) are broadcast to the scoring tasks up to this bound
-    # (estimated as users x the longest history's ids, an upper bound: ~120k users at 100 ids);
+    # seen lists (user_histories.seen_item_ids) are broadcast to the scoring tasks up to this bound
+    # (estimated as users x the largest seen set's ids, an upper bound: ~120k users at 100 ids);
     # above it they are joined by a shuffle in Spark (0: always), whose L_P rows cost JVM memory
     seen_broadcast_max_bytes: int = 128 * 1024 * 1024
     shards: int | None = None
@@ -376,10 +376,10 @@ def plan_mode(cfg: ScoringConfig, matrix_bytes: int) -> tuple[str, int]:
     return "sharded", cfg.shards or math.ceil(matrix_bytes / cfg.broadcast_max_bytes)
 
 
-def seen_lists_bytes(users: int, longest_history: int) -> int:
+def seen_lists_bytes(users: int, largest_seen: int) -> int:
     """Upper bound of the seen lists' size as an Arrow table: ``users`` lists of at most
-    ``longest_history`` int64 ids, plus the user id and list offset of each."""
-    return users * (8 * longest_history + 24)
+    ``largest_seen`` int64 ids (``user_histories.n_seen``), plus the user id and list offset of each."""
+    return users * (8 * largest_seen + 24)
 
 
 def check_top_k(top_k: int, catalogue_size: int, where: str = "in candidate_link_weights") -> None:

@@ -199,8 +199,11 @@ def test_100k_event_history_is_truncated_to_max_history_and_counted(world: World
     h = histories(world)[LONG_USER]
     assert h["n"] == MAX_HISTORY
     assert h["item_ids"] == [int(KNOWN[i % 25]) for i in range(100_000 - MAX_HISTORY, 100_000)]
-    recs = recommendations(world)[LONG_USER]
-    assert len(recs) == K and not {r["item_id"] for r in recs} & set(h["item_ids"])  # seen items excluded
+    # all 25 known items are among its 100,000 events: all are seen (not only the newest MAX_HISTORY),
+    # so none is left to recommend, and the gate accepts a user without an eligible candidate
+    assert (h["n_seen"], h["seen_item_ids"]) == (25, [int(i) for i in KNOWN])
+    assert LONG_USER not in recommendations(world)
+    assert world.metrics["score"]["quality"]["users_without_eligible_candidates"] == 1
 
 
 def test_events_after_ds_are_dropped_and_counted(world: World) -> None:
@@ -224,7 +227,7 @@ def test_audit_totals_add_up(world: World) -> None:
     dropped = ("null_ids", "negative_ids", "events_after_ds", "duplicate_events", "unknown_items", "truncated_events")
     assert sum(int(extract[k]) for k in dropped) + extract["history_events"] == extract["events_read"]
     assert world.metrics["infer"]["users"] == world.metrics["infer"]["rows_written"] == 24
-    assert world.metrics["score"]["rows_written"] == 25 * K
+    assert world.metrics["score"]["rows_written"] == 24 * K  # LONG_USER has seen every candidate
 
 
 def test_catalogue_rows_null_duplicate_or_unknown_to_the_model_are_counted(world: World) -> None:
@@ -448,8 +451,8 @@ def test_user_links_of_another_model_version(spark, world: World, lake: DeltaRsS
 
 def test_histories_extracted_with_another_vocabulary(spark, world: World, lake: DeltaRsStore) -> None:
     ts = [at(3)]
-    lake.write_arrow(pa.table({"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [ts], "n": [1]},
-                              schema=USER_HISTORIES.schema),
+    lake.write_arrow(pa.table({"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [ts], "n": [1],
+                               "seen_item_ids": [[1027]], "n_seen": [1]}, schema=USER_HISTORIES.schema),
                      USER_HISTORIES, mode="overwrite", partition={"ds": DS}, app_id="foreign-histories")
     before = versions(lake)
     with pytest.raises(ModelVersionMismatchError, match=r"user_histories holds item_id 1027, unknown to the model "
@@ -457,6 +460,28 @@ def test_histories_extracted_with_another_vocabulary(spark, world: World, lake: 
         nightly.infer_user_links(open_ctx(spark, lake, world.ckpt), InferenceConfig(str(world.ckpt), world.version,
                                                                                      device="cpu"))
     assert_nothing_written(lake, before, ModelVersionMismatchError)
+
+
+def test_user_histories_of_an_older_schema_are_refused_with_what_to_do(spark, world: World,
+                                                                       lake: DeltaRsStore) -> None:
+    """user_histories written before seen_item_ids/n_seen existed: derived data, so the next
+    extract refuses it (before scanning events) and says to drop and rebuild it; so does a write."""
+    old = pa.schema([f for f in USER_HISTORIES.schema if f.name not in ("seen_item_ids", "n_seen")])
+    shutil.rmtree(lake.uri("user_histories"))
+    write_deltalake(lake.uri("user_histories"), pa.table({"ds": [DS], "user_id": [1], "item_ids": [[1027]],
+                                                          "ts": [[at(3)]], "n": [1]}, schema=old),
+                    partition_by=["ds"])
+    before = versions(lake)
+    hint = (r"missing column\(s\) \['n_seen', 'seen_item_ids'\]; user_histories is derived data: drop the table "
+            r"\(delete its folder\) and re-run extract-histories")
+    with pytest.raises(SchemaMismatchError, match=hint):
+        nightly.extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
+    assert_nothing_written(lake, before, SchemaMismatchError)
+    row = {"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [[at(3)]], "n": [1], "seen_item_ids": [[1027]],
+           "n_seen": [1]}
+    with pytest.raises(SchemaMismatchError, match=hint):
+        lake.write_arrow(pa.table(row, schema=USER_HISTORIES.schema), USER_HISTORIES, mode="overwrite",
+                         partition={"ds": DS}, app_id="after-upgrade")
 
 
 @pytest.mark.parametrize("stage", ["infer_user_links", "score_topk"])

@@ -45,17 +45,29 @@ def world(spark, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "store": store, "ckpt": ckpt, "ctx": ctx, "scoring": scoring, "cfg": cfg}
 
 
+def events_in_source_order(uri: str) -> pd.DataFrame:
+    """The events table's rows in source order: data files by path, rows in file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = DeltaTable(uri)
+    parts = [pq.read_table(f.removeprefix("file://")) for f in sorted(table.file_uris())]
+    return pa.concat_tables(parts, promote_options="default").to_pandas()
+
+
 def reference(world: dict, exclude_seen: bool = True) -> pd.DataFrame:
-    """Recommendations computed directly with lime_model from the raw events (pandas, no Spark)."""
+    """Recommendations computed directly with lime_model from the raw events (pandas, no Spark):
+    exact duplicates dropped, ties of ts in source order, every known item up to ds excluded."""
     ckpt = load_checkpoint(world["ckpt"])
     model = build_model(ckpt)
     vocab = ckpt.vocab
-    events = DeltaTable(str(world["store"].uri("events"))).to_pandas()
+    events = events_in_source_order(str(world["store"].uri("events")))
     catalogue = DeltaTable(str(world["store"].uri("items"))).to_pandas().item_id
     end = pd.Timestamp(dt.date.fromisoformat(DS) + dt.timedelta(days=1), tz="UTC")
     ev = events[events.ts < end].drop_duplicates(["user_id", "item_id", "ts"])
-    ev = ev[ev.item_id.isin(vocab.item_ids)].sort_values(["user_id", "ts", "item_id"])
+    ev = ev[ev.item_id.isin(vocab.item_ids)].sort_values(["user_id", "ts"], kind="stable")
     last = ev.groupby("user_id").tail(MAX_HISTORY)
+    seen = ev.groupby("user_id").item_id.unique()
     cands = np.sort(np.intersect1d(catalogue.to_numpy(), vocab.item_ids))
     cand_idx = torch.from_numpy(vocab.encode(cands))
     rows = []
@@ -69,7 +81,7 @@ def reference(world: dict, exclude_seen: bool = True) -> pd.DataFrame:
         with torch.inference_mode():
             scores = model.forward_scores(h, t, cand_idx)[0].double().numpy()
         if exclude_seen:
-            scores[np.isin(cands, hist.item_id.to_numpy())] = -np.inf
+            scores[np.isin(cands, seen[user])] = -np.inf
         order = np.lexsort((cands, -scores))[:K]
         rows += [(int(user), r + 1, int(cands[i]), float(scores[i])) for r, i in enumerate(order)]
     return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score"])
@@ -245,7 +257,7 @@ def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark
     full = reference(world)
     for user, items in lists.items():
         mine = got[got.user_id == user]
-        seen = set(histories.set_index("user_id").item_ids[user])
+        seen = set(histories.set_index("user_id").seen_item_ids[user])
         allowed = set(items) & set(known) - seen
         assert set(mine.item_id) <= allowed
         assert len(mine) == min(K, len(allowed))

@@ -32,6 +32,8 @@ def test_each_broken_list_is_counted_by_its_own_check(spark, top_k: int) -> None
         "user_id": pa.array(list(LISTS), pa.int64()),
         "item_ids": pa.array([[99]] * 5 + [[]], pa.list_(pa.int64())),
         "n": pa.array([1] * 5 + [0], pa.int32()),
+        "seen_item_ids": pa.array([[99]] * 5 + [[]], pa.list_(pa.int64())),
+        "n_seen": pa.array([1] * 5 + [0], pa.int32()),
     }))
     candidates = spark.createDataFrame(pa.table({"item_id": pa.array([10, 11, 12], pa.int64())}))
     report = check_recommendations(recs, histories, candidates, ds=DS, top_k=top_k, model_version=MV,

@@ -1,4 +1,5 @@
-"""score_topk sizes the seen-list broadcast from the histories it has, not from the model's window."""
+"""score_topk sizes the seen-list broadcast from the seen sets it has (user_histories.n_seen), not
+from the model's window nor from extract's window (the seen items are all of a user's items)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from deltalake import DeltaTable
 from pipelines import nightly
 from pipelines.inference import InferenceConfig
 from pipelines.lakehouse import DeltaRsStore
-from pipelines.scoring import ScoringConfig
+from pipelines.scoring import ScoringConfig, seen_lists_bytes
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint
@@ -17,10 +18,10 @@ pytestmark = pytest.mark.spark
 
 DS = "2024-01-08"
 MODEL_WINDOW = 4  # the model encodes the last 4 events
-EXTRACT_WINDOW = 40  # extract keeps up to 40 per user: the seen lists are longer than the model's window
+EXTRACT_WINDOW = 8  # extract keeps the last 8 per user; the seen lists hold all of a user's items
 
 
-def test_seen_list_broadcast_is_sized_from_the_longest_history_not_the_model_window(spark, tmp_path) -> None:
+def test_seen_list_broadcast_is_sized_from_the_largest_seen_set_not_a_history_window(spark, tmp_path) -> None:
     cfg = SyntheticConfig(users=60, items=50, days=10, seed=5, mean_events_per_user=15)
     store = DeltaRsStore(spark, tmp_path / "lakehouse")
     write_synthetic(None, store, cfg)
@@ -29,11 +30,17 @@ def test_seen_list_broadcast_is_sized_from_the_longest_history_not_the_model_win
     ctx = nightly.RunContext.open(spark, store, DS, "run", str(ckpt))
     nightly.extract_histories(ctx, EXTRACT_WINDOW)
     histories = DeltaTable(str(store.uri("user_histories"))).to_pandas()
-    assert histories.n.max() > 2 * MODEL_WINDOW
+    assert histories.n.max() == EXTRACT_WINDOW and histories.n_seen.max() > EXTRACT_WINDOW + 2
     nightly.precompute_candidates(ctx, "cpu")
     nightly.infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
-    # room for every user's list at the model's window, not at the histories' real length
-    bound = len(histories) * (8 * MODEL_WINDOW + 24) + 1
+    # room for every user's list at extract's window (and so at the model's), not at the real seen sets
+    window_bound = seen_lists_bytes(len(histories), EXTRACT_WINDOW) + 1
     result = nightly.score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=5,
-                                                   seen_broadcast_max_bytes=bound))
+                                                   seen_broadcast_max_bytes=window_bound))
     assert result.metrics["seen_join"] == "shuffle"
+    # room for the largest seen set: broadcast
+    ctx = nightly.RunContext.open(spark, store, DS, "run-fits", str(ckpt))
+    seen_bound = seen_lists_bytes(len(histories), int(histories.n_seen.max()))
+    result = nightly.score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=5,
+                                                   seen_broadcast_max_bytes=seen_bound))
+    assert result.metrics["seen_join"] == "broadcast"

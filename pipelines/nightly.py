@@ -153,8 +153,7 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         done = _already_done(ctx, record, USER_HISTORIES.name, app_id)
         if done:
             return done
-        # an outdated user_histories (e.g. without seen_item_ids) is refused before the scan, not after
-        ctx.store.check_schema(USER_HISTORIES)
+        ctx.store.check_schema(USER_HISTORIES)  # an outdated table is refused before the scan, not after
         events = ctx.store.read_table("events")
         h.check_events_schema(events)
         events = h.with_source_order(events)  # on the read itself: prune_events' Union hides _metadata

@@ -26,7 +26,7 @@ demo: setup
 	bash scripts/demo.sh
 
 bench: setup
-	$(PY) benchmarks/model_scaling.py
+	$(PY) benchmarks/model_scaling.py --threads 1 --rounds 15
 	$(PY) benchmarks/pipeline_throughput.py
 
 # Ranking quality on ML-100K (two CPU budgets) and Amazon Sports: lime-xor, sasrec (seeds 0 and 1) and popularity, two runs side by side

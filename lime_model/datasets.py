@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -159,12 +160,7 @@ def _read_frame(source: str, path: Path) -> pd.DataFrame:
     if is_delta:
         from deltalake import DeltaTable
 
-        table = DeltaTable(str(path))
-        names = [f.name for f in table.schema().fields]
-        if "ts" in names and "timestamp" not in names:
-            frame = table.to_pandas(columns=[c for c in ("user_id", "item_id", "ts") if c in names])
-            return frame.rename(columns={"ts": "timestamp"})
-        return table.to_pandas()
+        return _read_events_table(DeltaTable(str(path)))
     if suffix == ".parquet":
         return pd.read_parquet(path)
     if suffix in (".tsv", ".csv"):
@@ -172,6 +168,20 @@ def _read_frame(source: str, path: Path) -> pd.DataFrame:
     raise InteractionsSchemaError(
         f"interactions file {path}: unknown extension {suffix!r} (use .tsv, .csv or .parquet)"
     )
+
+
+def _read_events_table(table: Any) -> pd.DataFrame:
+    """A Delta ``events`` table's interaction columns, its files read in path order: timestamp ties
+    then keep the source order serving uses (file path, then row; docs/pipeline.md)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [f.name for f in table.schema().fields]
+    time_col = "ts" if "ts" in names and "timestamp" not in names else "timestamp"
+    columns = [c for c in ("user_id", "item_id", time_col) if c in names]
+    parts = [pq.read_table(uri, columns=columns) for uri in sorted(table.file_uris())]
+    frame = pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=columns)
+    return frame.rename(columns={"ts": "timestamp"})
 
 
 def _validated(path: Path, frame: pd.DataFrame) -> pd.DataFrame:

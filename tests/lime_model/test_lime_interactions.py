@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lime_model.datasets import read_interactions
@@ -45,6 +46,18 @@ def test_a_lakehouse_events_table_is_read_with_its_ts_column(tmp_path: Path) -> 
                        "event_date": pa.array(["1970-01-01"] * 4)})
     write_deltalake(str(tmp_path / "events"), events, partition_by=["event_date"])
     pd.testing.assert_frame_equal(read_interactions(str(tmp_path / "events")), EXPECTED)
+
+
+def test_events_table_ties_keep_the_order_of_file_path_then_row(tmp_path: Path) -> None:
+    """Serving orders equal timestamps by file path, then row; so does training and evaluation."""
+    from deltalake import DeltaTable, write_deltalake
+
+    uri = str(tmp_path / "events")
+    for item in range(1, 9):  # eight files, one event each, all at the same second
+        write_deltalake(uri, pa.table({"user_id": pa.array([1], pa.int64()), "item_id": pa.array([item], pa.int64()),
+                                       "ts": pa.array([7], pa.int64())}), mode="append")
+    by_path = [pq.read_table(u)["item_id"][0].as_py() for u in sorted(DeltaTable(uri).file_uris())]
+    assert read_interactions(uri)["item_id"].tolist() == by_path
 
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 Protocol (the same for every model):
 
-* each user's interactions are ordered by timestamp (stable on input order);
+* each user's interactions are ordered by timestamp (stable on input order), exact
+  duplicate events (same user, item and timestamp) kept once, as the nightly
+  pipeline does;
 * users with at least 3 interactions: the last item is the test target, the
   second-last the validation target, the rest is training data;
   users with fewer than 3 are training data only and are not evaluated;

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lime_model.config import ModelConfig
+from lime_model.scoring import fold_candidates
 
 
 def recency_positions(n: int, device: torch.device) -> Tensor:
@@ -351,8 +352,6 @@ class LimeModel(nn.Module):
 
     def table_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
         """Same scores through the cached-table path (one GEMM); used for training and evaluation."""
-        from lime_model.scoring import fold_candidates  # scoring imports nothing from here
-
         values = self.link_values(self.encode_links(history, timestamps))  # (B, ell, d)
         tables = self.candidate_tables(cand_idx)
         folded = fold_candidates(tables.link_weights, tables.cand_vec, self.cfg.n_heads, self.cfg.n_links)

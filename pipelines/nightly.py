@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
     from lime_model.checkpoint import Checkpoint
     from pipelines.inference import InferenceConfig
-    from pipelines.scoring import ScoringConfig
+    from pipelines.scoring import LinkFiles, ScoringConfig, ScoringPlan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXTRACT_HISTORIES = "extract_histories"
 PRECOMPUTE_CANDIDATES = "precompute_candidates"
@@ -99,7 +100,7 @@ class StageResult:
         return self.commit is None or self.commit.skipped
 
 
-def _timed(record: AuditRecord, name: str, fn: Callable[[], object]) -> object:
+def _timed(record: AuditRecord, name: str, fn: Callable[[], T]) -> T:
     t0 = time.perf_counter()
     try:
         return fn()
@@ -329,135 +330,191 @@ def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
     return sorted(r.model_version for r in links.select("model_version").distinct().collect())
 
 
-def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
+@dataclass
+class _ScoringInputs:
+    """What score_topk reads before it plans: the partitions, checked, and their sizes."""
+
+    histories: DataFrame
+    links: DataFrame
+    versions: list[str]  # model versions in user_links(ds)
+    users: int  # rows of user_histories(ds)
+    largest_seen: int
+    link_files: list[str]  # user_links(ds) files the tasks may read themselves (delta-rs only)
+    candidates: int
+
+
+def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
+    """Both input partitions exist and agree with the checkpoint's model version; top_k fits."""
     from pyspark.sql import functions as F
 
     from pipelines import scoring as s
+
+    users = _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
+    histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
+    if (ctx.store.partition_rows(USER_LINKS, {"ds": ctx.ds}) == 0
+            and histories.where(F.col("n") > 0).limit(1).count() > 0):
+        # users with a history but no links: scoring would silently give them nothing
+        raise PartitionNotFoundError("user_links", {"ds": ctx.ds},
+                                     hint=f"; run infer-user-links for ds={ctx.ds} first")
+    links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
+    versions = _link_versions(ctx, links)
+    if versions and versions != [ctx.model_version]:
+        raise ModelVersionMismatchError(
+            f"table 'user_links' (ds={ctx.ds}) holds model_version {versions}, but the checkpoint "
+            f"and candidate_link_weights are {ctx.model_version}; re-run infer-user-links"
+        )
+    candidates = _candidate_count(ctx)
+    s.check_top_k(top_k, candidates)
+    link_files = (ctx.store.file_uris(USER_LINKS, partition={"ds": ctx.ds})
+                  if ctx.store.engine == "delta-rs" else [])
+    # seen lists are the user's whole seen set up to ds, which neither the model's window nor
+    # extract's --max-history bounds: sized from the partition's largest
+    return _ScoringInputs(histories, links, versions, users, _largest_seen_set(ctx, histories), link_files,
+                          candidates)
+
+
+def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
+    from pipelines import scoring as s
+
+    mc = ctx.checkpoint.config
+    sizes = s.ScoringSizes(users=inputs.users, largest_seen=inputs.largest_seen, candidates=inputs.candidates,
+                           candidate_row_bytes=4 * (mc.n_heads * mc.n_links + mc.d_model + 1) + 8,
+                           link_files=len(inputs.link_files),
+                           cores=max(1, ctx.spark.sparkContext.defaultParallelism))
+    return s.plan_scoring(cfg, sizes)
+
+
+@dataclass
+class _Shipped:
+    """Broadcast variables of one run, destroyed when the stage ends."""
+
+    items: list[Any] = field(default_factory=list)
+
+    def broadcast(self, ctx: RunContext, value: Any) -> Any:
+        self.items.append(ctx.spark.sparkContext.broadcast(value))
+        return self.items[-1]
+
+    def destroy(self) -> None:
+        for item in self.items:
+            item.destroy()
+
+
+def _load_candidates(ctx: RunContext, plan: ScoringPlan, shipped: _Shipped) -> tuple[np.ndarray, Any, list[str]]:
+    """(candidate ids sorted, the matrix broadcast or None, shard files): read from the table
+    files as Arrow on the driver, without a Spark job."""
     from pipelines.candidates import candidate_matrix
+
+    mc, partition = ctx.checkpoint.config, {"model_version": ctx.model_version}
+    if plan.candidate_mode == "broadcast":
+        rows = ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, CANDIDATE_LINK_WEIGHTS.data_schema.names,
+                                    partition=partition)
+        matrix = candidate_matrix(rows, mc.n_heads, mc.n_links, mc.d_model)
+        return matrix.item_ids, shipped.broadcast(ctx, matrix), []
+    ids = ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, ["item_id"], partition=partition).column("item_id")
+    return np.sort(ids.to_numpy()), None, ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition=partition)
+
+
+@dataclass
+class _Scoring:
+    """The scoring job's input (Spark rows of users, or of user_links file paths) and its side inputs."""
+
+    scored: DataFrame
+    reader: LinkFiles | None  # when each task reads its own user_links file
+    seen_lists: pa.Table | None  # broadcast seen lists (user_id, seen_item_ids, item_ids) or None
+    user_candidates: DataFrame | None
+
+
+def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, inputs: _ScoringInputs,
+                   shipped: _Shipped, record: AuditRecord) -> _Scoring:
+    """With the seen lists broadcast and a user_links file per core, each task reads its file
+    itself and L_P never becomes Spark rows; otherwise users are joined to their seen lists (and
+    per-user candidates) in Spark and repartitioned evenly."""
+    from pyspark.sql import functions as F
+
+    from pipelines import scoring as s
+
+    seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "seen_item_ids", "item_ids"],
+                                       partition={"ds": ctx.ds}) if plan.seen_broadcast else None)
+    if plan.reads_link_files:
+        seen_table = None
+        if cfg.exclude_seen and seen_lists is not None:
+            seen_table = shipped.broadcast(ctx, seen_lists.select(["user_id", "seen_item_ids"])
+                                           .rename_columns(["user_id", "seen"]))
+        return _Scoring(s.link_file_rows(ctx.spark, inputs.link_files), s.LinkFiles(seen_table), seen_lists, None)
+    seen = inputs.histories.select("user_id", F.col("seen_item_ids").alias("seen"))
+    users = inputs.links.select("user_id", "l_p").join(F.broadcast(seen) if plan.seen_broadcast else seen,
+                                                       "user_id", "left")
+    user_candidates = None
+    if cfg.per_user_candidates:
+        _require_partition(ctx, USER_CANDIDATES.name, "the retrieval job that writes user_candidates")
+        user_candidates = ctx.store.read(USER_CANDIDATES, partition={"ds": ctx.ds}).select("user_id", "item_ids")
+        users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
+        listed = user_candidates.join(inputs.links.select("user_id"), "user_id", "left_semi").count()
+        record.count("users_with_own_candidates", listed)
+    return _Scoring(users.repartition(plan.scoring_partitions), None, seen_lists, user_candidates)
+
+
+def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord, recs: DataFrame,
+                       inputs: _ScoringInputs, candidate_ids: np.ndarray,
+                       user_candidates: DataFrame | None) -> CommitResult:
+    """Scored once: the tasks write the rows to files the table does not reference yet, the gate
+    reads those files, and only a passing gate commits them; otherwise they are deleted."""
     from pipelines.quality import check_recommendations
 
-    app_id = ctx.app_id(SCORE_TOPK)
+    ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
+    staged = None
+    try:
+        try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
+            staged = _timed(record, "score", lambda: ctx.store.stage(
+                recs, RECOMMENDATIONS, mode="overwrite", app_id=ctx.app_id(SCORE_TOPK), partition={"ds": ctx.ds}))
+            frame = staged.frame
+            report = _timed(record, "gate", lambda: check_recommendations(
+                frame, inputs.histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
+                exclude_seen=cfg.exclude_seen, user_links=inputs.links, user_candidates=user_candidates,
+                catalogue_size=len(candidate_ids), link_versions=inputs.versions,
+                largest_seen=inputs.largest_seen))
+        except Exception as exc:
+            reraise_task_error(exc)
+            raise
+        record.metrics["quality"] = report.summary()
+        report.raise_if_failed()
+        # from here the files are the commit's: a failed commit leaves them unreferenced, not deleted
+        to_commit, staged = staged, None
+        return _timed(record, "commit", lambda: ctx.store.commit_staged(
+            to_commit, metadata={"model_version": ctx.model_version, "top_k": cfg.top_k}))
+    finally:
+        if staged is not None:  # the scoring or the gate failed: nothing of this run stays
+            ctx.store.discard_staged(staged)
+
+
+def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
+    """read -> plan (pure, audited) -> candidates and scoring input -> score -> gate -> commit."""
+    from pyspark.sql import functions as F
+
+    from pipelines import scoring as s
+
     with audited(ctx.store, SCORE_TOPK, ctx.ds, ctx.run_id) as record:
         record.model_version = ctx.model_version
-        done = _already_done(ctx, record, RECOMMENDATIONS.name, app_id)
+        done = _already_done(ctx, record, RECOMMENDATIONS.name, ctx.app_id(SCORE_TOPK))
         if done:
             return done
-        history_rows = _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
-        histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
-        if (ctx.store.partition_rows(USER_LINKS, {"ds": ctx.ds}) == 0
-                and histories.where(F.col("n") > 0).limit(1).count() > 0):
-            # users with a history but no links: scoring would silently give them nothing
-            raise PartitionNotFoundError("user_links", {"ds": ctx.ds},
-                                         hint=f"; run infer-user-links for ds={ctx.ds} first")
-        links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
-        versions = _link_versions(ctx, links)
-        if versions and versions != [ctx.model_version]:
-            raise ModelVersionMismatchError(
-                f"table 'user_links' (ds={ctx.ds}) holds model_version {versions}, but the checkpoint "
-                f"and candidate_link_weights are {ctx.model_version}; re-run infer-user-links"
-            )
-        n_candidates = _candidate_count(ctx)
-        s.check_top_k(cfg.top_k, n_candidates)
-        mc = ctx.checkpoint.config
-        row_bytes = 4 * (mc.n_heads * mc.n_links + mc.d_model + 1) + 8
-        mode, shards = s.plan_mode(cfg, n_candidates * row_bytes)
-        record.metrics.update(candidate_mode=mode, shards=shards, candidates=n_candidates)
-        version_partition = {"model_version": ctx.model_version}
-        broadcast = None
-        shipped: list[Any] = []  # broadcast variables, destroyed when the stage ends
-        files: list[str] = []
-        # inputs the driver needs whole are read from the table files as Arrow, without a Spark job
-        if mode == "broadcast":
-            rows = ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, CANDIDATE_LINK_WEIGHTS.data_schema.names,
-                                        partition=version_partition)
-            matrix = candidate_matrix(rows, mc.n_heads, mc.n_links, mc.d_model)
-            candidate_ids = matrix.item_ids
-            broadcast = ctx.spark.sparkContext.broadcast(matrix)
-            shipped.append(broadcast)
-        else:
-            candidate_ids = np.sort(ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, ["item_id"],
-                                                         partition=version_partition).column("item_id").to_numpy())
-            files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition=version_partition)
-        # seen items: every distinct item of the user's events up to ds (seen_item_ids), not only the
-        # last --max-history of them, as lime-rank evaluate masks the whole history (DESIGN.md §1)
-        seen = histories.select("user_id", F.col("seen_item_ids").alias("seen"))
-        # the seen lists ride along with each user's L_P: broadcast them while they are small, so L_P
-        # is never shuffled for the join; the popularity list is then counted on the driver too.
-        # Sized from the partition's largest seen set, which neither the model's window nor
-        # extract's --max-history bounds
-        largest_seen = _largest_seen_set(ctx, histories)
-        seen_broadcast = s.seen_lists_bytes(history_rows, largest_seen) <= cfg.seen_broadcast_max_bytes
-        seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "seen_item_ids", "item_ids"],
-                                           partition={"ds": ctx.ds})
-                      if seen_broadcast else None)
-        cores = max(1, ctx.spark.sparkContext.defaultParallelism)
-        link_files = ctx.store.file_uris(USER_LINKS, partition={"ds": ctx.ds}) \
-            if ctx.store.engine == "delta-rs" else []
-        # Scoring tasks on every core.  With the seen lists broadcast and at least one user_links file
-        # per core (infer_user_links writes one token-balanced file per partition), each task reads
-        # its file itself (scoring.LinkFiles): L_P never becomes Spark rows.  Otherwise (a shuffle
-        # join, per-user candidate lists, too few files, delta-spark) users are joined in Spark and
-        # repartitioned evenly, which moves each user's L_P once more.
-        direct = seen_broadcast and not cfg.per_user_candidates and len(link_files) >= cores
-        user_candidates = None
-        reader = None
-        if direct:
-            seen_table = (ctx.spark.sparkContext.broadcast(
-                seen_lists.select(["user_id", "seen_item_ids"]).rename_columns(["user_id", "seen"]))
-                          if cfg.exclude_seen and seen_lists is not None else None)
-            if seen_table is not None:
-                shipped.append(seen_table)
-            reader = s.LinkFiles(seen_table)
-            scored = s.link_file_rows(ctx.spark, link_files)
-        else:
-            users = links.select("user_id", "l_p").join(F.broadcast(seen) if seen_broadcast else seen,
-                                                        "user_id", "left")
-            if cfg.per_user_candidates:
-                _require_partition(ctx, USER_CANDIDATES.name, "the retrieval job that writes user_candidates")
-                user_candidates = ctx.store.read(USER_CANDIDATES, partition={"ds": ctx.ds}).select(
-                    "user_id", "item_ids")
-                users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
-                listed = user_candidates.join(links.select("user_id"), "user_id", "left_semi").count()
-                record.count("users_with_own_candidates", listed)
-            scored = users.repartition(2 * cores)
-        record.metrics.update(seen_join="broadcast" if seen_broadcast else "shuffle",
-                              scoring_input="link_files" if direct else "spark_join",
-                              scoring_partitions=len(link_files) if direct else 2 * cores)
-        model_rows = s.model_topk(scored, cfg, mode=mode, candidate_ids=candidate_ids,
-                                  broadcast=broadcast, files=files, shards=shards, reader=reader)
-        popular = (s.popular_items(histories, candidate_ids, cfg.top_k) if seen_lists is None
-                   else s.popular_items_arrow(seen_lists.column("item_ids"), candidate_ids, cfg.top_k))
-        record.metrics["popular_items"] = [p[1] for p in popular]
-        recs = s.recommendations(model_rows, histories.where(F.col("n") == 0), popular, ds=ctx.ds,
-                                 model_version=ctx.model_version)
-        staged = None
+        inputs = _read_scoring_inputs(ctx, cfg.top_k)
+        plan = _plan(ctx, cfg, inputs)
+        record.metrics.update(plan.audit(), candidates=inputs.candidates)
+        shipped = _Shipped()
         try:
-            ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
+            candidate_ids, matrix, files = _load_candidates(ctx, plan, shipped)
+            scoring = _scoring_input(ctx, cfg, plan, inputs, shipped, record)
+            model_rows = s.model_topk(scoring.scored, cfg, mode=plan.candidate_mode, candidate_ids=candidate_ids,
+                                      broadcast=matrix, files=files, shards=plan.shards, reader=scoring.reader)
+            popular = (s.popular_items(inputs.histories, candidate_ids, cfg.top_k) if scoring.seen_lists is None
+                       else s.popular_items_arrow(scoring.seen_lists.column("item_ids"), candidate_ids, cfg.top_k))
+            record.metrics["popular_items"] = [p[1] for p in popular]
+            recs = s.recommendations(model_rows, inputs.histories.where(F.col("n") == 0), popular, ds=ctx.ds,
+                                     model_version=ctx.model_version)
             # reading the inputs' metadata, the candidate broadcast, the popularity list
             record.timing("prepare", record.elapsed())
-            try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
-                # scored once: the tasks write the rows to files the table does not reference yet, the
-                # gate reads those files, and only a passing gate commits them
-                staged = _timed(record, "score", lambda: ctx.store.stage(
-                    recs, RECOMMENDATIONS, mode="overwrite", app_id=app_id, partition={"ds": ctx.ds}))
-                report = _timed(record, "gate", lambda: check_recommendations(
-                    staged.frame, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
-                    exclude_seen=cfg.exclude_seen, user_links=links, user_candidates=user_candidates,
-                    catalogue_size=len(candidate_ids), link_versions=versions,
-                    largest_seen=largest_seen))
-            except Exception as exc:
-                reraise_task_error(exc)
-                raise
-            record.metrics["quality"] = report.summary()  # type: ignore[union-attr]
-            report.raise_if_failed()  # type: ignore[union-attr]
-            # from here the files are the commit's: a failed commit leaves them unreferenced, not deleted
-            to_commit, staged = staged, None
-            commit = _timed(record, "commit", lambda: ctx.store.commit_staged(
-                to_commit, metadata={"model_version": ctx.model_version, "top_k": cfg.top_k}))
+            commit = _stage_gate_commit(ctx, cfg, record, recs, inputs, candidate_ids, scoring.user_candidates)
         finally:
-            if staged is not None:  # the scoring or the gate failed: nothing of this run stays
-                ctx.store.discard_staged(staged)
-            for shipment in shipped:
-                shipment.destroy()
-        assert isinstance(commit, CommitResult)
+            shipped.destroy()
         return _finish(record, commit)

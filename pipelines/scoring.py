@@ -21,6 +21,7 @@ popularity list (``source='popular'``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -363,6 +364,59 @@ def shard_bounds(item_ids: np.ndarray, shards: int) -> list[tuple[int, int]]:
     bounds = sorted(set(cuts))
     edges = [*bounds, int(item_ids[-1]) + 1]
     return [(edges[i], edges[i + 1]) for i in range(len(bounds))]
+
+
+@dataclass(frozen=True)
+class ScoringSizes:
+    """What score_topk measures before it decides anything (no Spark job needed for any of it)."""
+
+    users: int  # rows of user_histories(ds)
+    largest_seen: int  # the largest seen set (user_histories.n_seen) in the partition
+    candidates: int  # rows of candidate_link_weights(model_version)
+    candidate_row_bytes: int  # one candidate's link weights, vector and bias as stored
+    link_files: int  # user_links(ds) files the scoring tasks can read themselves (0: none)
+    cores: int  # Spark's default parallelism
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How score_topk runs; recorded whole in the audit row.
+
+    candidate_mode/shards: the candidate matrix broadcast once, or read in shards by every task.
+    seen_join: the seen lists broadcast (small enough) or joined by a shuffle.
+    scoring_input: each task reads its own user_links file ("link_files": L_P never becomes Spark
+    rows), or users are joined in Spark and repartitioned ("spark_join").
+    """
+
+    candidate_mode: str
+    shards: int
+    seen_join: str
+    scoring_input: str
+    scoring_partitions: int
+
+    @property
+    def seen_broadcast(self) -> bool:
+        return self.seen_join == "broadcast"
+
+    @property
+    def reads_link_files(self) -> bool:
+        return self.scoring_input == "link_files"
+
+    def audit(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def plan_scoring(cfg: ScoringConfig, sizes: ScoringSizes) -> ScoringPlan:
+    """Sizes and capabilities in, the plan out (pure).  Tasks read their own user_links files only
+    with the seen lists broadcast, no per-user candidate lists, and a file for every core;
+    otherwise users are joined in Spark and spread over twice the cores."""
+    mode, shards = plan_mode(cfg, sizes.candidates * sizes.candidate_row_bytes)
+    seen_broadcast = seen_lists_bytes(sizes.users, sizes.largest_seen) <= cfg.seen_broadcast_max_bytes
+    direct = seen_broadcast and not cfg.per_user_candidates and sizes.link_files >= sizes.cores
+    return ScoringPlan(candidate_mode=mode, shards=shards,
+                       seen_join="broadcast" if seen_broadcast else "shuffle",
+                       scoring_input="link_files" if direct else "spark_join",
+                       scoring_partitions=sizes.link_files if direct else 2 * sizes.cores)
 
 
 def plan_mode(cfg: ScoringConfig, matrix_bytes: int) -> tuple[str, int]:

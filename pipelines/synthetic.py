@@ -18,7 +18,6 @@ block with its own RNG seeded by ``(seed, block)``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -184,11 +183,6 @@ def generate_block(cfg: SyntheticConfig, block: int) -> pa.Table:
         },
         schema=EVENTS.schema,
     )
-
-
-def generate_blocks(cfg: SyntheticConfig, blocks: Iterator[int] | range) -> Iterator[pa.RecordBatch]:
-    for block in blocks:
-        yield from generate_block(cfg, int(block)).to_batches()
 
 
 def generate_items(cfg: SyntheticConfig) -> pa.Table:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from pipelines.errors import QualityGateError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 log = logging.getLogger(__name__)
 
@@ -136,66 +136,97 @@ def check_recommendations(
 
     catalogue = (catalogue_size if catalogue_size is not None
                  else candidate_ids.select("item_id").distinct().count())
-    per_user = _per_user(recs, top_k, model_version)
     # seen items can only shorten a list when the catalogue minus the largest seen set is below K
     largest = (largest_seen if largest_seen is not None
                else int(histories.agg(F.max("n_seen")).head()[0] or 0))
     seen_matters = exclude_seen and catalogue - largest < top_k
-    users = histories.select("user_id", "n", *(["seen_item_ids"] if seen_matters else []))
-    if seen_matters:
-        seen = (
-            users.select("user_id", F.explode("seen_item_ids").alias("item_id"))
-            .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
-            .groupBy("user_id").agg(F.count(F.lit(1)).alias("seen_candidates"))
-        )
-        users = users.join(seen, "user_id", "left").fillna(0, ["seen_candidates"])
-    else:
-        users = users.withColumn("seen_candidates", F.lit(0))
-    if user_candidates is not None:
-        own = (
-            user_candidates.select("user_id", F.explode(F.array_distinct("item_ids")).alias("item_id"))
-            .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
-        )
-        if exclude_seen:
-            seen_pairs = histories.select("user_id", F.explode("seen_item_ids").alias("item_id"))
-            own = own.join(seen_pairs, ["user_id", "item_id"], "left_anti")
-        own_counts = own.groupBy("user_id").agg(F.count(F.lit(1)).alias("own_eligible"))
-        listed = user_candidates.select("user_id").distinct().withColumn("has_list", F.lit(True))
-        users = (users.join(listed, "user_id", "left").join(own_counts, "user_id", "left")
-                 .fillna(0, ["own_eligible"]))
-    else:
-        users = users.withColumn("has_list", F.lit(None).cast("boolean")).withColumn("own_eligible", F.lit(0))
-    joined = users.join(per_user, "user_id", "full_outer")
-    expected = F.least(F.lit(top_k), F.lit(catalogue) - F.col("seen_candidates"))
-    expected = F.when(F.col("has_list") & (F.col("n") > 0), F.least(F.lit(top_k), F.col("own_eligible"))) \
-        .otherwise(expected)
-    expected = F.when(F.col("n") > 0, expected).otherwise(F.lit(min(top_k, catalogue)))
-    stats_row = joined.agg(
-        F.count(F.lit(1)).alias("users"),
-        F.sum((F.col("rows").isNull() & (expected > 0)).cast("long")).alias("users_without_recommendations"),
-        F.sum((F.col("rows").isNull() & (expected == 0)).cast("long")).alias("users_without_eligible_candidates"),
-        F.sum(F.col("n").isNull().cast("long")).alias("users_not_in_histories"),
-        F.sum((F.col("n").isNotNull() & (F.coalesce(F.col("rows"), F.lit(0)) != expected))
-              .cast("long")).alias("users_with_wrong_row_count"),
-        F.sum((F.col("rows").isNotNull() & (F.col("rows") < F.lit(top_k))).cast("long")).alias("users_short_of_k"),
-        F.sum((F.col("rows").isNotNull() & ~F.col("ranks_ok")).cast("long")).alias("bad_ranks"),
-        F.sum((F.col("rows").isNotNull() & (F.col("items") != F.col("rows"))).cast("long")).alias("repeated_items"),
-        F.sum(F.coalesce(F.col("bad_scores"), F.lit(0))).alias("non_finite_scores"),
-        F.sum(F.coalesce(F.col("bad_versions"), F.lit(0))).alias("rows_with_other_version"),
-        F.sum((F.col("rows").isNotNull() & F.col("n").isNotNull() & (
-            ((F.col("n") > 0) & (F.col("model_rows") != F.col("rows")))
-            | ((F.col("n") == 0) & (F.col("popular_rows") != F.col("rows")))
-        )).cast("long")).alias("users_with_wrong_source"),
-        F.sum(F.coalesce(F.col("rows"), F.lit(0))).alias("rows"),
-        F.sum((F.col("n") == 0).cast("long")).alias("popular_users"),
-    ).head()
-    stats = {k: int(stats_row[k] or 0) for k in stats_row.asDict()}
+    users = _with_seen_candidates(histories, candidate_ids, seen_matters)
+    users = _with_own_eligible(users, histories, candidate_ids, user_candidates, exclude_seen)
+    joined = users.join(_per_user(recs, top_k, model_version), "user_id", "full_outer")
+    stats = _gate_statistics(joined, _expected_rows(top_k, catalogue), top_k)
     stats["catalogue"] = catalogue
     if link_versions is None:
         link_versions = [] if user_links is None else sorted(
             r.model_version for r in user_links.select("model_version").distinct().collect())
+    checks = _gate_checks(stats, top_k, model_version, link_versions)
+    report = QualityReport("recommendations", ds, checks, stats)
+    log.info("quality gate recommendations(ds=%s): %s", ds, report.summary())
+    return report
 
-    checks = [
+
+def _with_seen_candidates(histories: DataFrame, candidate_ids: DataFrame, seen_matters: bool) -> DataFrame:
+    """(user_id, n, seen_candidates): how many candidates each user has seen (0 when it cannot matter)."""
+    from pyspark.sql import functions as F
+
+    users = histories.select("user_id", "n", *(["seen_item_ids"] if seen_matters else []))
+    if not seen_matters:
+        return users.withColumn("seen_candidates", F.lit(0))
+    seen = (
+        users.select("user_id", F.explode("seen_item_ids").alias("item_id"))
+        .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
+        .groupBy("user_id").agg(F.count(F.lit(1)).alias("seen_candidates"))
+    )
+    return users.join(seen, "user_id", "left").fillna(0, ["seen_candidates"])
+
+
+def _with_own_eligible(users: DataFrame, histories: DataFrame, candidate_ids: DataFrame,
+                       user_candidates: DataFrame | None, exclude_seen: bool) -> DataFrame:
+    """Adds has_list and own_eligible: the catalogue items of a user's own candidate list, minus seen ones."""
+    from pyspark.sql import functions as F
+
+    if user_candidates is None:
+        return users.withColumn("has_list", F.lit(None).cast("boolean")).withColumn("own_eligible", F.lit(0))
+    own = (
+        user_candidates.select("user_id", F.explode(F.array_distinct("item_ids")).alias("item_id"))
+        .join(F.broadcast(candidate_ids.select("item_id").distinct()), "item_id", "left_semi")
+    )
+    if exclude_seen:
+        seen_pairs = histories.select("user_id", F.explode("seen_item_ids").alias("item_id"))
+        own = own.join(seen_pairs, ["user_id", "item_id"], "left_anti")
+    own_counts = own.groupBy("user_id").agg(F.count(F.lit(1)).alias("own_eligible"))
+    listed = user_candidates.select("user_id").distinct().withColumn("has_list", F.lit(True))
+    return (users.join(listed, "user_id", "left").join(own_counts, "user_id", "left")
+            .fillna(0, ["own_eligible"]))
+
+
+def _expected_rows(top_k: int, catalogue: int) -> Column:
+    """Rows each user must get: min(K, eligible candidates); K or the catalogue for popularity users."""
+    from pyspark.sql import functions as F
+
+    expected = F.least(F.lit(top_k), F.lit(catalogue) - F.col("seen_candidates"))
+    expected = F.when(F.col("has_list") & (F.col("n") > 0), F.least(F.lit(top_k), F.col("own_eligible"))) \
+        .otherwise(expected)
+    return F.when(F.col("n") > 0, expected).otherwise(F.lit(min(top_k, catalogue)))
+
+
+def _gate_statistics(joined: DataFrame, expected: Column, top_k: int) -> dict[str, int]:
+    """One aggregation over users x their per-user aggregates -> the gate's counts."""
+    from pyspark.sql import functions as F
+
+    rows, n = F.col("rows"), F.col("n")
+    stats_row = joined.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.sum((rows.isNull() & (expected > 0)).cast("long")).alias("users_without_recommendations"),
+        F.sum((rows.isNull() & (expected == 0)).cast("long")).alias("users_without_eligible_candidates"),
+        F.sum(n.isNull().cast("long")).alias("users_not_in_histories"),
+        F.sum((n.isNotNull() & (F.coalesce(rows, F.lit(0)) != expected)).cast("long"))
+        .alias("users_with_wrong_row_count"),
+        F.sum((rows.isNotNull() & (rows < F.lit(top_k))).cast("long")).alias("users_short_of_k"),
+        F.sum((rows.isNotNull() & ~F.col("ranks_ok")).cast("long")).alias("bad_ranks"),
+        F.sum((rows.isNotNull() & (F.col("items") != rows)).cast("long")).alias("repeated_items"),
+        F.sum(F.coalesce(F.col("bad_scores"), F.lit(0))).alias("non_finite_scores"),
+        F.sum(F.coalesce(F.col("bad_versions"), F.lit(0))).alias("rows_with_other_version"),
+        F.sum((rows.isNotNull() & n.isNotNull() & (
+            ((n > 0) & (F.col("model_rows") != rows)) | ((n == 0) & (F.col("popular_rows") != rows))
+        )).cast("long")).alias("users_with_wrong_source"),
+        F.sum(F.coalesce(rows, F.lit(0))).alias("rows"),
+        F.sum((n == 0).cast("long")).alias("popular_users"),
+    ).head()
+    return {k: int(stats_row[k] or 0) for k in stats_row.asDict()}
+
+
+def _gate_checks(stats: dict[str, int], top_k: int, model_version: str, link_versions: list[str]) -> list[Check]:
+    return [
         Check("rows_per_user", stats["users_with_wrong_row_count"] == 0,
               f"{stats['users_with_wrong_row_count']} user(s) without min(K={top_k}, eligible) rows"),
         Check("ranks", stats["bad_ranks"] == 0, f"{stats['bad_ranks']} user(s) whose ranks are not 1..rows"),
@@ -212,6 +243,3 @@ def check_recommendations(
         Check("sources", stats["users_with_wrong_source"] == 0,
               f"{stats['users_with_wrong_source']} user(s) with the wrong source"),
     ]
-    report = QualityReport("recommendations", ds, checks, stats)
-    log.info("quality gate recommendations(ds=%s): %s", ds, report.summary())
-    return report

@@ -162,6 +162,13 @@ def generate_block(cfg: SyntheticConfig, block: int) -> pa.Table:
         clock[live] += rng.exponential(mean_gap[live])
         times[live, j] = np.minimum(clock[live], span - 1)
 
+    return _events_table(cfg, users, items, times, rng)
+
+
+def _events_table(cfg: SyntheticConfig, users: np.ndarray, items: np.ndarray, times: np.ndarray,
+                  rng: np.random.Generator) -> pa.Table:
+    """Walked items ``(u, max_n)`` (-1 = none) and seconds -> EVENTS rows, with the configured
+    share of exact duplicates appended (drawn from ``rng`` after the walk, so seeds reproduce)."""
     mask = items >= 0
     user_col = np.repeat(users, mask.sum(axis=1))
     item_col = item_ids(cfg.items)[items[mask]]

@@ -717,17 +717,8 @@ class DeltaRsStore:
             if table is not None and table.transaction_version(app_id) is not None:
                 log.info("%s: app id %s committed meanwhile; nothing to do", spec.name, app_id)
                 return CommitResult(spec.name, table.version(), 0, 0, skipped=True)
-            if table is not None:
-                check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema,
-                                   allow_extra=False, hint=spec.outdated_hint)
-            if expected_partition_state is not None:
-                current = self._partition_state(table, partition)
-                if current != expected_partition_state:
-                    where = dict(partition) if partition else "(whole table)"
-                    raise ConcurrentWriteError(
-                        f"table {spec.name!r}: partition {where} changed since this writer's snapshot "
-                        f"(another run wrote it); not committing {len(files)} file(s) of app id {app_id}"
-                    )
+            self._check_snapshot(spec, table, partition, expected_partition_state,
+                                 f"{len(files)} file(s) of app id {app_id}")
             try:
                 version = self._commit_once(spec, table, adds, mode=mode, partition=partition, props=props)
             except _CreatedMeanwhile:
@@ -747,6 +738,22 @@ class DeltaRsStore:
                      spec.name, version, mode, len(files), rows, app_id)
             return CommitResult(spec.name, version, len(files), rows, skipped=False)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_snapshot(self, spec: TableSpec, table: DeltaTable | None, partition: Mapping[str, str] | None,
+                        expected_partition_state: frozenset[str] | None, what: str) -> None:
+        """The snapshot about to be committed on: the table's schema is ours, and the partition is
+        as the writer last saw it (else another run wrote it meanwhile)."""
+        if table is not None:
+            check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema,
+                               allow_extra=False, hint=spec.outdated_hint)
+        if expected_partition_state is None:
+            return
+        if self._partition_state(table, partition) != expected_partition_state:
+            where = dict(partition) if partition else "(whole table)"
+            raise ConcurrentWriteError(
+                f"table {spec.name!r}: partition {where} changed since this writer's snapshot "
+                f"(another run wrote it); not committing {what}"
+            )
 
     def _commit_once(self, spec: TableSpec, table: DeltaTable | None, adds: list[Any], *, mode: WriteMode,
                      partition: Mapping[str, str] | None, props: Any) -> int:

@@ -288,11 +288,9 @@ def _rows_cell(stage: StageTiming) -> str:
     return "unknown" if stage.rows_unknown else _num(stage.rows)
 
 
-def render_report(data: ReportData) -> str:
-    """The run report as one HTML document (plots embedded, no external resources)."""
-    coverage = catalogue_coverage(data.item_counts, data.catalogue_ids)
-    shares = popularity_deciles(data.item_counts, data.popularity, data.catalogue_ids)
-    summary = [
+def _summary_rows(data: ReportData, coverage: Coverage, shares: np.ndarray) -> list[tuple[str, str, str]]:
+    """(id, label, value) rows of the report's summary table."""
+    return [
         ("ds", "ds", data.ds),
         ("run_id", "run id", data.run_id),
         ("model_version", "model version", data.model_version),
@@ -306,6 +304,13 @@ def render_report(data: ReportData) -> str:
         ("top_decile_share", "recommendations of the top-10% popular items", f"{shares[0]:.1%}"),
         ("non_finite_scores", "NaN/infinite scores", _num(data.scores.non_finite)),
     ]
+
+
+def render_report(data: ReportData) -> str:
+    """The run report as one HTML document (plots embedded, no external resources)."""
+    coverage = catalogue_coverage(data.item_counts, data.catalogue_ids)
+    shares = popularity_deciles(data.item_counts, data.popularity, data.catalogue_ids)
+    summary = _summary_rows(data, coverage, shares)
     checks = "\n".join(
         f"<tr><td>{_esc(c.name)}</td><td>{_status(c.passed)}</td><td>{_esc(c.detail)}</td></tr>"
         for c in data.checks

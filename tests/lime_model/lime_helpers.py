@@ -7,6 +7,7 @@ from torch import nn
 
 from lime_model.config import ModelConfig
 from lime_model.model import create_model
+from lime_model.reference import dense_encode_links
 
 
 def tiny_config(model: str = "lime-xor", **overrides: object) -> ModelConfig:
@@ -39,3 +40,15 @@ def times_for(history: torch.Tensor, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     steps = torch.rand(history.shape, generator=g, dtype=torch.float64) * 86_400 * 30
     return torch.where(history != 0, 8.8e8 + steps.cumsum(1), torch.zeros((), dtype=torch.float64))
+
+
+def link_gradients_vs_dense(model: nn.Module, history: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Parameter gradients of a fixed weighted sum of ``L_P``, from the fast encoder and from the
+    dense masked reference (in that order), for the caller to compare."""
+    grads = []
+    for encode in (model.encode_links, lambda h, t: dense_encode_links(model, h, t)):
+        model.zero_grad()
+        out = encode(history, None)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    return grads

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lime_helpers import right_aligned, times_for, tiny_config, tiny_model
+from lime_helpers import link_gradients_vs_dense, right_aligned, times_for, tiny_config, tiny_model
 
 from lime_model.model import FOLD_MIN_KEYS, LimeModel, SASRecModel, time_gap_buckets
 from lime_model.reference import dense_encode_links, link_mask
@@ -54,12 +54,7 @@ def test_folded_and_projected_history_attention_match_reference_values_and_gradi
     gen = torch.Generator().manual_seed(3)
     rows = [torch.randint(1, 40, (width,), generator=gen).tolist(), [2, 4]]
     history = right_aligned(rows, width)
-    grads = []
-    for encode in (model.encode_links, lambda h, t: dense_encode_links(model, h, t)):
-        model.zero_grad()
-        out = encode(history, None)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    grads = link_gradients_vs_dense(model, history)
     assert grads[0].keys() == grads[1].keys()
     assert any(name.endswith("uqkv.weight") for name in grads[0])
     for name in grads[0]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lime_helpers import right_aligned, tiny_config, tiny_model
+from lime_helpers import link_gradients_vs_dense, right_aligned, tiny_config, tiny_model
 
 from lime_model.model import FOLD_MIN_KEYS, FOLD_MIN_KEYS_SHARED, LimeModel
 from lime_model.reference import dense_encode_links
@@ -28,12 +28,7 @@ def test_shared_fold_range_matches_dense_reference_values_and_gradients(kind: st
     assert not block.folds(4, FOLD_MIN_KEYS_SHARED - 1, shared=True)
     gen = torch.Generator().manual_seed(5)
     history = right_aligned([torch.randint(1, 40, (width,), generator=gen).tolist(), [3, 9, 27]], width)
-    grads = []
-    for encode in (model.encode_links, lambda h, t: dense_encode_links(model, h, t)):
-        model.zero_grad()
-        out = encode(history, None)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    grads = link_gradients_vs_dense(model, history)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], **TOL, msg=name)

@@ -1,17 +1,18 @@
 """Training: next-item prediction with a logQ-corrected sampled softmax, AdamW, early stopping.
 
-Every model is trained under the same protocol (``lime_model.data``): per
-epoch each user contributes up to ``prefixes_per_user`` history prefixes (one
-user representation per prefix); the candidate set of a batch is its own
-targets (in-batch negatives) plus ``num_negatives`` items drawn uniformly from
-the catalogue; logits are corrected by ``-log`` of each candidate's expected
-count in that set (popularity-proportional for in-batch, uniform for sampled)
-and accidental hits are masked.  The learning rate warms up linearly, then
-follows a cosine down to ``min_lr_ratio`` of its peak at the last planned
-epoch.  After every epoch the model is ranked on the validation split (full
-catalogue); the best epoch by NDCG@10 is kept and training stops after
-``patience`` epochs without improvement or when the CPU-time budget is spent.
-The test split is never looked at here.
+Every model is trained under one protocol (``lime_model.data``).  LIME models: per epoch each
+user contributes up to ``prefixes_per_user`` history prefixes, one user representation per
+prefix, each with the next ``target_window`` items as targets.  SASRec: every position of a
+whole sequence window in one causal pass, the next item as each position's target.  The
+candidate set of a batch is its distinct targets (in-batch negatives) plus ``num_negatives``
+items drawn uniformly from the catalogue; logits are corrected by ``-log`` of each candidate's
+expected count in that set, and a row's other targets and accidental hits are masked
+(:func:`multi_target_loss`).  The learning rate warms up linearly, then follows a cosine down to
+``min_lr_ratio`` of its peak at the last planned epoch or at the end of the CPU budget,
+whichever comes first.  After every epoch the model is ranked on a fixed sample of validation
+users (full catalogue); the best epoch by NDCG@10 is kept and training stops after ``patience``
+epochs without improvement or when the CPU-time budget is spent.  The test split is never
+looked at here.
 """
 
 from __future__ import annotations

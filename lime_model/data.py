@@ -34,15 +34,23 @@ MIN_EVAL_INTERACTIONS = 3
 BUCKET_BATCHES = 32  # batches per length-sorted group in prefix_batches
 
 
-def right_align(seqs: Sequence[np.ndarray], fill: float | int) -> np.ndarray:
-    """Ragged 1-D arrays -> ``(len(seqs), max_len)`` with ``fill`` on the left (newest last)."""
+def _padded_rows(seqs: Sequence[np.ndarray], fill: float | int, right: bool) -> np.ndarray:
+    """Ragged 1-D arrays -> ``(len(seqs), max_len)``, each row flush right (``right``) or left."""
     width = max((len(s) for s in seqs), default=0)
     dtype = np.result_type(*[s.dtype for s in seqs]) if seqs else np.int64
     out = np.full((len(seqs), width), fill, dtype=dtype)
     for row, s in enumerate(seqs):
         if len(s):
-            out[row, width - len(s):] = s
+            if right:
+                out[row, width - len(s):] = s
+            else:
+                out[row, :len(s)] = s
     return out
+
+
+def right_align(seqs: Sequence[np.ndarray], fill: float | int) -> np.ndarray:
+    """Ragged 1-D arrays -> ``(len(seqs), max_len)`` with ``fill`` on the left (newest last)."""
+    return _padded_rows(seqs, fill, right=True)
 
 
 @dataclass(frozen=True)
@@ -145,12 +153,7 @@ class Batch:
 
 def left_align_rows(seqs: Sequence[np.ndarray], fill: float | int) -> np.ndarray:
     """Ragged 1-D arrays -> ``(len(seqs), max_len)`` with ``fill`` on the right (oldest first)."""
-    width = max((len(s) for s in seqs), default=0)
-    dtype = np.result_type(*[s.dtype for s in seqs]) if seqs else np.int64
-    out = np.full((len(seqs), width), fill, dtype=dtype)
-    for row, s in enumerate(seqs):
-        out[row, :len(s)] = s
-    return out
+    return _padded_rows(seqs, fill, right=False)
 
 
 def length_bucketed(keys: np.ndarray, lengths: np.ndarray, batch_size: int, bucket_batches: int,

@@ -207,13 +207,15 @@ def write_quality(results: dict[str, Any], runs: list[dict[str, Any]]) -> None:
 
 
 def read_kept_runs() -> list[dict[str, Any]]:
-    """The runs of the existing results, with their ranks, for ``--merge``."""
+    """The runs of the existing results, with their ranks, for ``--merge``; each run keeps the start
+    time of the benchmark that measured it (``measured_in_run_started``)."""
     kept = read_results(RESULT_NAME)
     if not kept:
         return []
     with gzip.open(RANKS, "rt") as f:
         ranks = json.load(f)
-    return [{**r, "rank_by_user": ranks[run_key(r)]} for r in kept["runs"]]
+    return [{"measured_in_run_started": kept.get("started"), **r, "rank_by_user": ranks[run_key(r)]}
+            for r in kept["runs"]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,13 +242,16 @@ def main(argv: list[str]) -> int:
     planned = {f"{s.name}/{m}/{seed}" for s, m, seed in plan}
     runs = [r for r in (read_kept_runs() if args.merge else []) if run_key(r) not in planned]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results: dict[str, Any] = {"machine": machine(), "started": started,
+                               "kept_runs": sorted(run_key(r) for r in runs)}
     with tempfile.TemporaryDirectory(prefix="lime-quality-") as tmp_name, \
             ThreadPoolExecutor(max_workers=args.jobs) as pool:
         log(f"quality: {len(plan)} runs, {args.jobs} side by side with {threads} torch thread(s) each")
         pending = [pool.submit(train_and_evaluate, s, m, seed, threads, Path(tmp_name)) for s, m, seed in plan]
         for (setting, model, seed), future in zip(plan, pending, strict=True):
-            runs.append(future.result())  # in plan order; a failed run stops the benchmark here
+            # in plan order; a failed run stops the benchmark here
+            runs.append({**future.result(), "measured_in_run_started": started})
             log(f"quality: {setting.name} {model} seed {seed} done")
             write_quality(results, runs)
     log(f"wrote {RESULTS / RESULT_NAME}: {json.dumps(results['summary'])}")

@@ -100,12 +100,12 @@ def lime_xor_flops(cfg: ModelConfig, users: int, n: int) -> int:
     With ``m = ell`` links, ``B = users``, ``b_l`` = rows of distinct links (1 in the first block,
     where the links are the parameter L, shared by every user; ``B`` after it, or 1 if B = 1):
 
-    * every block but the last (``xor_block``): link U, Q, K, V ``8 b_l m d^2``; links <- history
+    * every block but the last (``XorBlock``): link U, Q, K, V ``8 b_l m d^2``; links <- history
       (:func:`history_attention_flops`); the history's U ``2 B n d^2`` and, with shared links,
       history <- links as one logits GEMM ``2 B n d (H m)`` and one block-diagonal value GEMM
       ``2 B n (H m) d`` (+ folding W_q into the link keys ``2 m d^2 + 2 m d`` once), else the
       history's Q ``2 B n d^2`` and the attention ``4 B n m d``; outputs ``2 B (m + n) d^2``;
-    * the last block (``links_from_history``): link U, Q ``4 b_l m d^2``, links <- history,
+    * the last block (``ReadBlock``): link U, Q ``4 b_l m d^2``, links <- history,
       the links' output ``2 B m d^2`` -- the history's update is dead work and never runs.
     """
     d, h, m, b = cfg.d_model, cfg.n_heads, cfg.n_links, users

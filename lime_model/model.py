@@ -1,4 +1,4 @@
-"""The networks, bottom-up in one file: embeddings -> HSTU block -> encoders -> models.
+"""The networks, bottom-up in one file: embeddings -> blocks (XOR, read, causal) -> models.
 
 Notation (DESIGN.md §1): a user's history ``h_1..h_n`` (oldest first), ``B``
 users, ``d = d_model``, ``H`` heads of ``d_h = d / H``, ``ell`` learned links
@@ -93,9 +93,8 @@ class HSTUBlock(nn.Module):
     """Pre-LayerNorm, one fused projection to U, Q, K, V, softmax attention,
     ``x + W_o(SiLU(U) * LayerNorm(attn))``; no separate feed-forward.
 
-    The attention itself (which queries see which keys) is left to the caller:
-    the same block serves the XOR encoder, the link-only encoder and the
-    causal skyline.
+    The parameters and the shared steps; which queries see which keys is each subclass's
+    ``forward``: :class:`XorBlock`, :class:`ReadBlock` (LIME) and :class:`CausalBlock` (SASRec).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -172,6 +171,14 @@ class HSTUBlock(nn.Module):
         b, _, m, _ = x.shape
         return x.transpose(1, 2).reshape(b, m, self.d)
 
+    def read(self, x_q: Tensor, x_kv: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Queries read the keys; only the queries are updated.  x_q ``(B or 1, m, d)``, x_kv
+        ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` bool (True = real item) or None when no column is
+        padding -> new x_q ``(B, m, d)``."""
+        u_q, q = self.project(x_q, "uq")  # (B|1, m, d) x 2
+        attn = attend_history(self, q, self.norm(x_kv), key_mask)  # (B, m, d)
+        return self.output(x_q, u_q, attn)
+
     def output(self, x: Tensor, u: Tensor, attn: Tensor) -> Tensor:
         """Residual update: x ``(B, m, d)``, u ``(B, m, d)``, attn ``(B, m, d)`` -> ``(B, m, d)``."""
         return x + self.dropout(self.proj(F.silu(u) * self.attn_norm(attn)))
@@ -216,38 +223,53 @@ def history_from_shared_links(block: HSTUBlock, xn_e: Tensor, k_l: Tensor, v_l: 
     return probs.view(batch, n, h * ell) @ values  # (B, n, d)
 
 
-def links_from_history(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | None) -> Tensor:
-    """Links <- history: one ``ell x n`` attention; only the links are updated.
+class ReadBlock(HSTUBlock):
+    """Links <- history only (:meth:`HSTUBlock.read`): LIME-MHA's blocks, and LIME-XOR's last block,
+    whose history update would feed nothing."""
 
-    x_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` bool (True = real item)
-    or None when no column is padding -> new x_l ``(B, ell, d)``.
-    """
-    u_l, q_l = block.project(x_l, "uq")  # (B|1, ell, d) x 2
-    attn = attend_history(block, q_l, block.norm(x_e), key_mask)  # (B, ell, d)
-    return block.output(x_l, u_l, attn)  # (B, ell, d)
+    def forward(self, x_q: Tensor, x_kv: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """-> (:meth:`HSTUBlock.read` of the queries ``(B, m, d)``, x_kv unchanged)."""
+        return self.read(x_q, x_kv, key_mask), x_kv
 
 
-def xor_block(block: HSTUBlock, x_l: Tensor, x_e: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """One XOR-masked block as two rectangular attentions (links <- history, history <- links).
+class XorBlock(HSTUBlock):
+    """One XOR-masked block as two rectangular attentions, links <- history and history <- links
+    (never history <- history, never the ``(ell + n)^2`` matrix; ``lime_model.reference`` has the
+    dense masked form)."""
 
-    x_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` | None ->
-    (x_l ``(B, ell, d)``, x_e ``(B, n, d)``).  Links are never padding, so the
-    history <- links attention needs no mask.  Links shared by the batch (batch 1, e.g. the
-    parameter ``L`` in the first block) are projected once per call, never per user.
-    """
-    u_l, q_l, k_l, v_l = block.project(x_l)  # (B|1, ell, d) x 4
-    xn_e = block.norm(x_e)  # (B, n, d)
-    a_l = attend_history(block, q_l, xn_e, key_mask)  # (B, ell, d)
-    if x_l.shape[0] == 1:
-        (u_e,) = block.project_normed(xn_e, "u")  # (B, n, d)
-        a_e = history_from_shared_links(block, xn_e, k_l, v_l)  # (B, n, d)
-    else:
-        batch = x_e.shape[0]
-        u_e, q_e = block.project_normed(xn_e, "uq")  # (B, n, d) x 2
-        a_e = block.merge(F.scaled_dot_product_attention(
-            block.heads(q_e), block.heads(k_l).expand(batch, -1, -1, -1),
-            block.heads(v_l).expand(batch, -1, -1, -1)))  # (B, n, d)
-    return block.output(x_l, u_l, a_l), block.output(x_e, u_e, a_e)
+    def forward(self, x_l: Tensor, x_e: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x_l ``(B or 1, ell, d)``, x_e ``(B, n, d)``, key_mask ``(B, 1, 1, n)`` | None ->
+        (x_l ``(B, ell, d)``, x_e ``(B, n, d)``).
+
+        Links are never padding, so the history <- links attention needs no mask.  Links shared by
+        the batch (batch 1, e.g. the parameter ``L`` in the first block) are projected once per
+        call, never per user.
+        """
+        u_l, q_l, k_l, v_l = self.project(x_l)  # (B|1, ell, d) x 4
+        xn_e = self.norm(x_e)  # (B, n, d)
+        a_l = attend_history(self, q_l, xn_e, key_mask)  # (B, ell, d)
+        if x_l.shape[0] == 1:
+            (u_e,) = self.project_normed(xn_e, "u")  # (B, n, d)
+            a_e = history_from_shared_links(self, xn_e, k_l, v_l)  # (B, n, d)
+        else:
+            batch = x_e.shape[0]
+            u_e, q_e = self.project_normed(xn_e, "uq")  # (B, n, d) x 2
+            a_e = self.merge(F.scaled_dot_product_attention(
+                self.heads(q_e), self.heads(k_l).expand(batch, -1, -1, -1),
+                self.heads(v_l).expand(batch, -1, -1, -1)))  # (B, n, d)
+        return self.output(x_l, u_l, a_l), self.output(x_e, u_e, a_e)
+
+
+class CausalBlock(HSTUBlock):
+    """SASRec's block: every position reads itself and the positions before it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x ``(B, n, d)`` left-aligned -> ``(B, n, d)``.  Right padding is never a key of a real
+        position under the causal mask, so no padding mask is needed."""
+        u, q, k, v = self.project(x)  # (B, n, d) x 4
+        attn = F.scaled_dot_product_attention(self.heads(q), self.heads(k), self.heads(v),
+                                              is_causal=True)  # (B, H, n, d_h)
+        return self.output(x, u, self.merge(attn))  # (B, n, d)
 
 
 @dataclass(frozen=True)
@@ -263,6 +285,11 @@ class CandidateTables:
     link_weights: Tensor
     cand_vec: Tensor
     bias: Tensor
+
+
+class RoutingLinear(nn.Linear):
+    """A candidate-side routing map (candidate queries, link keys): a plain linear map, initialised
+    at unit gain rather than the blocks' small scale (:func:`init_module`)."""
 
 
 class LimeModel(nn.Module):
@@ -282,13 +309,16 @@ class LimeModel(nn.Module):
         d = cfg.d_model
         self.embed = HistoryEmbedding(cfg)
         self.links = nn.Parameter(torch.empty(cfg.n_links, d))  # L (ell, d)
-        self.blocks = nn.ModuleList(HSTUBlock(cfg) for _ in range(cfg.n_layers))
+        # LIME-XOR: XOR blocks, then one that only reads (the history's last update feeds nothing).
+        n_xor = cfg.n_layers - 1 if cfg.model == "lime-xor" else 0
+        self.blocks = nn.ModuleList([XorBlock(cfg) for _ in range(n_xor)]
+                                    + [ReadBlock(cfg) for _ in range(cfg.n_layers - n_xor)])
         self.final_norm = nn.LayerNorm(d)
         # candidate side
         self.cand_norm = nn.LayerNorm(d)
-        self.cand_query = nn.Linear(d, d, bias=False)
+        self.cand_query = RoutingLinear(d, d, bias=False)
         self.link_norm = nn.LayerNorm(d)
-        self.link_key = nn.Linear(d, d, bias=False)
+        self.link_key = RoutingLinear(d, d, bias=False)
         self.value = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
         self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
@@ -301,13 +331,8 @@ class LimeModel(nn.Module):
         x_e, valid = self.embed(history, timestamps)  # (B, n, d), (B, n)
         key_mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, n)
         x_l = self.links[None]  # (1, ell, d): identical for every user until the first block
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            if self.cfg.model == "lime-xor" and i < last:
-                x_l, x_e = xor_block(block, x_l, x_e, key_mask)  # (B, ell, d), (B, n, d)
-            else:
-                # LIME-MHA blocks, and the last XOR block, whose history update feeds nothing.
-                x_l = links_from_history(block, x_l, x_e, key_mask)  # (B, ell, d)
+        for block in self.blocks:
+            x_l, x_e = block(x_l, x_e, key_mask)  # (B, ell, d), (B, n, d)
         return self.final_norm(x_l)  # (B, ell, d)
 
     def link_values(self, l_p: Tensor) -> Tensor:
@@ -422,25 +447,17 @@ class SASRecModel(nn.Module):
             raise ValueError(f"SASRecModel needs model 'sasrec', got {cfg.model!r}")
         self.cfg = cfg
         self.embed = SequenceEmbedding(cfg)
-        self.blocks = nn.ModuleList(HSTUBlock(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(CausalBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model)
         self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
         init_weights(self)
-
-    def causal_block(self, block: HSTUBlock, x: Tensor) -> Tensor:
-        """x ``(B, n, d)`` left-aligned -> ``(B, n, d)``.  Right padding is never a key of a real
-        position under the causal mask, so no padding mask is needed."""
-        u, q, k, v = block.project(x)  # (B, n, d) x 4
-        attn = F.scaled_dot_product_attention(block.heads(q), block.heads(k), block.heads(v),
-                                              is_causal=True)  # (B, H, n, d_h)
-        return block.output(x, u, block.merge(attn))  # (B, n, d)
 
     def encode_sequence(self, items: Tensor, timestamps: Tensor | None) -> Tensor:
         """Training form: left-aligned items ``(B, n)``, timestamps ``(B, n)`` | None -> the user
         vector after every position ``(B, n, d)`` (rows at padding are meaningless)."""
         x, _ = self.embed(items, timestamps)  # (B, n, d)
         for block in self.blocks:
-            x = self.causal_block(block, x)  # (B, n, d)
+            x = block(x)  # (B, n, d)
         return self.final_norm(x)  # (B, n, d)
 
     def encode_user(self, history: Tensor, timestamps: Tensor | None) -> Tensor:
@@ -451,11 +468,11 @@ class SASRecModel(nn.Module):
         items, times, lengths = left_align(history, timestamps)  # (B, n), (B, n) | None, (B,)
         x, valid = self.embed(items, times)  # (B, n, d), (B, n)
         for block in self.blocks[:-1]:
-            x = self.causal_block(block, x)  # (B, n, d)
+            x = block(x)  # (B, n, d)
         rows = torch.arange(len(lengths), device=x.device)
         newest = x[rows, lengths - 1][:, None]  # (B, 1, d)
         key_mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, n)
-        out = links_from_history(self.blocks[-1], newest, x, key_mask)  # (B, 1, d)
+        out = self.blocks[-1].read(newest, x, key_mask)  # (B, 1, d): the last block, newest query only
         return self.final_norm(out[:, 0])  # (B, d)
 
     def forward_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
@@ -488,27 +505,35 @@ class PopularityModel(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """Unit-gain embeddings, links and candidate query/key maps; small normal block projections;
-    zero biases; the padding row of the item table stays zero."""
-    for name, p in model.named_parameters():
-        if name.endswith("links"):
-            nn.init.normal_(p, std=1.0)
-        elif name.startswith("embed."):
-            # Unit-scale tokens: item vectors also score candidates, tiny ones learn slowly.
-            nn.init.normal_(p, std=p.shape[1] ** -0.5)
-        elif name.startswith(("cand_query", "link_key")):
-            # O(1) link logits from the start, so candidates route to different links early.
-            nn.init.normal_(p, std=p.shape[1] ** -0.5)
-        elif name.endswith("bias") or name.endswith("item_bias"):
-            nn.init.zeros_(p)
-        elif "norm" in name:
-            nn.init.ones_(p)
-        elif p.dim() >= 2:
-            nn.init.normal_(p, std=0.02)
+    """Initialise every module of ``model`` by its type (:func:`init_module`), in module order."""
     for module in model.modules():
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
+        init_module(module)
+
+
+def init_module(module: nn.Module) -> None:
+    """Unit-gain embeddings, links and candidate routing maps; small normal block projections;
+    zero biases; unit LayerNorms; the padding row of an item table stays zero.  Only the module's
+    own parameters (not its children's)."""
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            # RoutingLinear: O(1) link logits from the start, so candidates route to different links early.
+            nn.init.normal_(module.weight, std=module.in_features ** -0.5 if isinstance(module, RoutingLinear)
+                            else 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            # Unit-scale tokens: item vectors also score candidates, tiny ones learn slowly.
+            nn.init.normal_(module.weight, std=module.embedding_dim ** -0.5)
+            if module.padding_idx is not None:
                 module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, LimeModel):
+            nn.init.normal_(module.links, std=1.0)
+            nn.init.zeros_(module.item_bias)
+        elif isinstance(module, SASRecModel):
+            nn.init.zeros_(module.item_bias)
 
 
 def create_model(cfg: ModelConfig, popularity: Tensor | None = None) -> nn.Module:

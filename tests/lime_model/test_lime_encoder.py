@@ -30,7 +30,8 @@ def encoder_cases(draw: st.DrawFn) -> tuple[dict[str, object], list[list[int]], 
 @given(case=encoder_cases())
 def test_fast_link_encoder_equals_dense_masked_reference(kind: str, case: tuple) -> None:
     overrides, rows, seed = case
-    model = tiny_model(tiny_config(kind, **overrides), seed=seed)
+    # float64: with d_model 2 the LayerNorms amplify float32 rounding past any useful tolerance
+    model = tiny_model(tiny_config(kind, **overrides), seed=seed).double()
     history = right_aligned(rows, max(len(r) for r in rows))
     times = times_for(history, seed)
     with torch.no_grad():

@@ -1,0 +1,42 @@
+"""Initialisation by module type (``init_module``): every parameter of every network gets a rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lime_model.config import ModelConfig
+from lime_model.model import CausalBlock, ReadBlock, RoutingLinear, XorBlock, create_model, init_weights
+
+
+@pytest.mark.parametrize("kind", ["lime-xor", "lime-mha", "sasrec"])
+def test_every_parameter_is_initialised_by_its_module_type(kind: str) -> None:
+    """A parameter no rule covers would keep the NaN it is poisoned with here."""
+    net = create_model(ModelConfig(model=kind, num_items=50, d_model=16, n_links=4, n_layers=3,
+                                   max_history=12, use_time_gaps=True))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(float("nan"))
+    init_weights(net)
+    untouched = [name for name, p in net.named_parameters() if torch.isnan(p).any()]
+    assert not untouched
+    assert torch.equal(net.embed.item.weight[0], torch.zeros(16))  # padding row
+
+
+def test_block_types_follow_the_model_kind() -> None:
+    def kinds(kind: str) -> list[type]:
+        net = create_model(ModelConfig(model=kind, num_items=50, d_model=16, n_links=4, n_layers=3))
+        return [type(b) for b in net.blocks]
+
+    assert kinds("lime-xor") == [XorBlock, XorBlock, ReadBlock]  # the last block only reads
+    assert kinds("lime-mha") == [ReadBlock] * 3
+    assert kinds("sasrec") == [CausalBlock] * 3
+
+
+def test_routing_maps_start_at_unit_gain_and_block_projections_small() -> None:
+    torch.manual_seed(0)
+    net = create_model(ModelConfig(model="lime-xor", num_items=50, d_model=64, n_links=4))
+    assert isinstance(net.cand_query, RoutingLinear) and isinstance(net.link_key, RoutingLinear)
+    assert 0.1 < float(net.cand_query.weight.detach().std()) < 0.15  # 64 ** -0.5 = 0.125
+    assert 0.015 < float(net.blocks[0].uqkv.weight.detach().std()) < 0.025
+    assert float(net.links.detach().std()) > 0.8

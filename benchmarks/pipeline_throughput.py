@@ -79,7 +79,7 @@ class World:
 
 
 def session(driver_memory: str = "6g"):
-    from pipelines.spark import SparkSettings, build_spark_session
+    from pipelines.runtime.spark_session import SparkSettings, build_spark_session
 
     return build_spark_session(SparkSettings(master="local[2]", app_name="lime-rank-bench", shuffle_partitions=4,
                                              driver_memory=driver_memory))
@@ -113,7 +113,7 @@ def warm_users(world: World) -> int:
 
 def run_infer(world: World, run_id: str) -> float:
     from pipelines import nightly
-    from pipelines.inference import InferenceConfig
+    from pipelines.runtime.inference_task import InferenceConfig
 
     ctx = nightly.RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
     _, seconds = timed(lambda: nightly.infer_user_links(ctx, InferenceConfig(world.ckpt, ctx.model_version,
@@ -131,7 +131,7 @@ def stage_steps(world: World, job: str, run_id: str) -> dict[str, float]:
 
 def run_score(world: World, run_id: str, **overrides: Any) -> float:
     from pipelines import nightly
-    from pipelines.scoring import ScoringConfig
+    from pipelines.runtime.scoring_task import ScoringConfig
 
     ctx = nightly.RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
     cfg = ScoringConfig(world.ckpt, ctx.model_version, top_k=K, device="cpu", **overrides)
@@ -148,9 +148,9 @@ def raw_torch_loop(world: World) -> tuple[dict[str, float], int]:
 
     from lime_model.checkpoint import build_model, load_checkpoint
     from lime_model.inference import encode_histories
-    from pipelines.candidates import candidate_matrix
-    from pipelines.inference import histories_to_inputs
-    from pipelines.scoring import CANDIDATE_BLOCK, seen_positions, topk_against
+    from pipelines.runtime.candidate_matrix import candidate_matrix
+    from pipelines.runtime.inference_task import histories_to_inputs
+    from pipelines.runtime.scoring_task import CANDIDATE_BLOCK, seen_positions, topk_against
 
     ckpt = load_checkpoint(world.ckpt)
     model = build_model(ckpt)
@@ -240,7 +240,7 @@ def naive_topk(world: World) -> Any:
     def score(l_p: pd.Series, w: pd.Series, t: pd.Series, b: pd.Series) -> pd.Series:
         import torch
 
-        from pipelines.model_runtime import load_model
+        from pipelines.runtime.model_runtime import load_model
 
         model = load_model(ckpt_path, version, torch.device("cpu"))
         cfg = model.config
@@ -293,8 +293,8 @@ def bench_mllib(spark, profile: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from pipelines.lakehouse import DeltaRsStore
+    from pipelines.runtime.scoring_task import dot_product_topk
     from pipelines.schemas import EVENTS
-    from pipelines.scoring import dot_product_topk
     from pipelines.sources import write_synthetic
     from pipelines.synthetic import SyntheticConfig
 

@@ -62,7 +62,7 @@ def add_spark_args(parser: argparse.ArgumentParser) -> None:
 
 
 def spark_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
-    from pipelines.spark import SparkSettings, build_spark_session
+    from pipelines.runtime.spark_session import SparkSettings, build_spark_session
 
     conf: dict[str, str] = {}
     for item in args.spark_conf:

@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: list[str] | None) -> int:
     from pipelines import nightly
     from pipelines.histories import HistoryConfig
-    from pipelines.inference import InferenceConfig
-    from pipelines.scoring import check_top_k
+    from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.runtime.scoring_task import check_top_k
 
     args = build_parser().parse_args(argv)
     HistoryConfig(ds=args.ds, max_history=args.max_history)

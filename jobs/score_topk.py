@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str):
-    from pipelines.scoring import ScoringConfig
+    from pipelines.runtime.scoring_task import ScoringConfig
 
     return ScoringConfig(checkpoint=checkpoint, model_version=model_version, top_k=args.top_k,
                          exclude_seen=not args.include_seen, candidate_mode=args.candidate_mode,

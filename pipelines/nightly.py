@@ -22,7 +22,7 @@ import pyarrow as pa
 from pipelines.audit import STATUS_SKIPPED, AuditRecord, audited
 from pipelines.errors import ConfigError, ModelVersionMismatchError, PartitionNotFoundError, reraise_task_error
 from pipelines.lakehouse import CommitResult, TableStore
-from pipelines.model_runtime import check_pipeline_model
+from pipelines.runtime.model_runtime import check_pipeline_model
 from pipelines.schemas import (
     CANDIDATE_LINK_WEIGHTS,
     ITEMS,
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from lime_model.checkpoint import Checkpoint
-    from pipelines.inference import InferenceConfig
-    from pipelines.scoring import LinkFiles, ScoringConfig, ScoringPlan
+    from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.runtime.scoring_task import LinkFiles, ScoringConfig, ScoringPlan
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -203,8 +203,8 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
     """Skipped when this model version's candidates were built from the current catalogue version."""
     from pyspark.sql import functions as F
 
-    from pipelines.candidates import candidate_rows, catalogue_in_vocabulary
     from pipelines.errors import EmptyCatalogueError
+    from pipelines.runtime.candidate_matrix import candidate_rows, catalogue_in_vocabulary
 
     items_version = ctx.store.version(ITEMS)
     if items_version is None:
@@ -248,8 +248,8 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
 
 def catalogue_size(ctx: RunContext) -> int:
     """Items of ``items`` the model can score: what precompute_candidates will write (one Spark pass)."""
-    from pipelines.candidates import catalogue_in_vocabulary
     from pipelines.errors import TableNotFoundError
+    from pipelines.runtime.candidate_matrix import catalogue_in_vocabulary
 
     if ctx.store.version(ITEMS) is None:
         raise TableNotFoundError("items", ctx.store.uri("items"))
@@ -268,7 +268,7 @@ def _require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> int:
 
 
 def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
-    from pipelines.inference import TaskRecords, inference_input, inference_task
+    from pipelines.runtime.inference_task import TaskRecords, inference_input, inference_task
 
     app_id = ctx.app_id(INFER_USER_LINKS)
     with audited(ctx.store, INFER_USER_LINKS, ctx.ds, ctx.run_id) as record:
@@ -347,7 +347,7 @@ def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
     """Both input partitions exist and agree with the checkpoint's model version; top_k fits."""
     from pyspark.sql import functions as F
 
-    from pipelines import scoring as s
+    from pipelines.runtime import scoring_task as s
 
     users = _require_partition(ctx, USER_HISTORIES.name, "extract-histories")
     histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
@@ -374,7 +374,7 @@ def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
 
 
 def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
-    from pipelines import scoring as s
+    from pipelines.runtime import scoring_task as s
 
     mc = ctx.checkpoint.config
     sizes = s.ScoringSizes(users=inputs.users, largest_seen=inputs.largest_seen, candidates=inputs.candidates,
@@ -402,7 +402,7 @@ class _Shipped:
 def _load_candidates(ctx: RunContext, plan: ScoringPlan, shipped: _Shipped) -> tuple[np.ndarray, Any, list[str]]:
     """(candidate ids sorted, the matrix broadcast or None, shard files): read from the table
     files as Arrow on the driver, without a Spark job."""
-    from pipelines.candidates import candidate_matrix
+    from pipelines.runtime.candidate_matrix import candidate_matrix
 
     mc, partition = ctx.checkpoint.config, {"model_version": ctx.model_version}
     if plan.candidate_mode == "broadcast":
@@ -431,7 +431,7 @@ def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, input
     per-user candidates) in Spark and repartitioned evenly."""
     from pyspark.sql import functions as F
 
-    from pipelines import scoring as s
+    from pipelines.runtime import scoring_task as s
 
     seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "seen_item_ids", "item_ids"],
                                        partition={"ds": ctx.ds}) if plan.seen_broadcast else None)
@@ -491,7 +491,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
     """read -> plan (pure, audited) -> candidates and scoring input -> score -> gate -> commit."""
     from pyspark.sql import functions as F
 
-    from pipelines import scoring as s
+    from pipelines.runtime import scoring_task as s
 
     with audited(ctx.store, SCORE_TOPK, ctx.ds, ctx.run_id) as record:
         record.model_version = ctx.model_version

@@ -13,7 +13,7 @@ os.environ.setdefault("LIME_RANK_SPARK_LOG_LEVEL", "ERROR")
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
-    from pipelines.spark import SparkSettings, build_spark_session
+    from pipelines.runtime.spark_session import SparkSettings, build_spark_session
 
     session = build_spark_session(
         SparkSettings(master="local[2]", app_name="lime-rank-tests", shuffle_partitions=4,

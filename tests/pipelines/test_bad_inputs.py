@@ -39,10 +39,10 @@ from pipelines.errors import (
     TopKTooLargeError,
     UnsupportedModelError,
 )
-from pipelines.inference import InferenceConfig
 from pipelines.lakehouse import DeltaRsStore
+from pipelines.runtime.inference_task import InferenceConfig
+from pipelines.runtime.scoring_task import ScoringConfig
 from pipelines.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS, USER_CANDIDATES, USER_HISTORIES, USER_LINKS
-from pipelines.scoring import ScoringConfig
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark

@@ -25,10 +25,10 @@ from deltalake import DeltaTable
 from pipelines import nightly
 from pipelines.audit import read_audit
 from pipelines.faults import CRASH_EXIT_CODE, FAULT_ENV
-from pipelines.inference import InferenceConfig
 from pipelines.lakehouse import DeltaRsStore
+from pipelines.runtime.inference_task import InferenceConfig
+from pipelines.runtime.scoring_task import ScoringConfig
 from pipelines.schemas import RECOMMENDATIONS
-from pipelines.scoring import ScoringConfig
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint

@@ -13,9 +13,9 @@ from deltalake import DeltaTable
 
 from lime_model.checkpoint import build_model, load_checkpoint
 from pipelines import nightly
-from pipelines.inference import InferenceConfig
 from pipelines.lakehouse import DeltaRsStore
-from pipelines.scoring import ScoringConfig
+from pipelines.runtime.inference_task import InferenceConfig
+from pipelines.runtime.scoring_task import ScoringConfig
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint

@@ -7,9 +7,9 @@ import pytest
 from deltalake import DeltaTable
 
 from pipelines import nightly
-from pipelines.inference import InferenceConfig
 from pipelines.lakehouse import DeltaRsStore
-from pipelines.scoring import ScoringConfig, seen_lists_bytes
+from pipelines.runtime.inference_task import InferenceConfig
+from pipelines.runtime.scoring_task import ScoringConfig, seen_lists_bytes
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from pipelines.columns import INTEGER, require_columns
 from pipelines.errors import EmptyCatalogueError, NonFiniteValueError
-from pipelines.model_runtime import load_model, task_device
+from pipelines.runtime.model_runtime import load_model, task_device
 from pipelines.schemas import CANDIDATE_LINK_WEIGHTS
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.partitioning import partition_keys, spark_hash_long
+from pipelines.runtime.partitioning import partition_keys, spark_hash_long
 
 pytestmark = pytest.mark.spark
 
@@ -45,7 +45,7 @@ def test_token_balanced_plan_size_is_independent_of_distinct_history_lengths(spa
     100,000): 3,000 distinct lengths give the same plan size as 3."""
     from pyspark.sql import functions as F
 
-    from pipelines.partitioning import token_balanced
+    from pipelines.runtime.partitioning import token_balanced
 
     def histories(distinct_lengths: int):
         return spark.range(3000).select(F.col("id").alias("user_id"),
@@ -58,7 +58,7 @@ def test_token_balanced_plan_size_is_independent_of_distinct_history_lengths(spa
 def test_token_balanced_partitions_carry_tokens_within_one_longest_history(spark) -> None:
     from pyspark.sql import functions as F
 
-    from pipelines.partitioning import token_balanced
+    from pipelines.runtime.partitioning import token_balanced
 
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, 400, 2000)

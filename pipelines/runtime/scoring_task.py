@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipelines.candidates import CandidateMatrix, candidate_matrix
 from pipelines.errors import ConfigError, NonFiniteValueError, TopKTooLargeError
-from pipelines.model_runtime import DEVICE_POLICIES, LoadedModel, load_model, task_device
+from pipelines.runtime.candidate_matrix import CandidateMatrix, candidate_matrix
+from pipelines.runtime.model_runtime import DEVICE_POLICIES, LoadedModel, load_model, task_device
 
 if TYPE_CHECKING:
     import torch

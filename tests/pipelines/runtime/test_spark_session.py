@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import SparkConfigError
-from pipelines.spark import GpuSettings, SparkSettings, build_conf, is_local_master
+from pipelines.runtime.spark_session import GpuSettings, SparkSettings, build_conf, is_local_master
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lime_model.checkpoint import load_checkpoint
-from pipelines import scoring as s
-from pipelines.candidates import candidate_rows
+from pipelines.runtime import scoring_task as s
+from pipelines.runtime.candidate_matrix import candidate_rows
 from pipelines.schemas import CANDIDATE_LINK_WEIGHTS
 from tests.factories import make_checkpoint
 
@@ -63,7 +63,7 @@ def test_sharded_scoring_reads_each_users_input_once(spark, tmp_path: Path) -> N
                                   candidate_ids=ITEMS, files=files, shards=4))
     assert reads.value == USERS  # not once per shard
 
-    from pipelines.candidates import candidate_matrix
+    from pipelines.runtime.candidate_matrix import candidate_matrix
 
     matrix = candidate_matrix(rows, mc.n_heads, mc.n_links, mc.d_model)
     whole = spark.sparkContext.broadcast(matrix)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lime_model.scoring import score_from_tables
-from pipelines.candidates import CandidateMatrix, candidate_matrix
 from pipelines.errors import ConfigError, EmptyCatalogueError, NonFiniteValueError, TopKTooLargeError
-from pipelines.partitioning import snake_partition
-from pipelines.scoring import (
+from pipelines.runtime.candidate_matrix import CandidateMatrix, candidate_matrix
+from pipelines.runtime.partitioning import snake_partition
+from pipelines.runtime.scoring_task import (
     LinkFiles,
     ScoringConfig,
     ScoringSizes,

@@ -15,14 +15,14 @@ from deltalake import DeltaTable
 
 from pipelines import nightly
 from pipelines.errors import ConfigError, GpuUnavailableError
-from pipelines.inference import InferenceConfig
 from pipelines.lakehouse import DeltaRsStore
-from pipelines.model_runtime import choose_device
+from pipelines.runtime.inference_task import InferenceConfig
+from pipelines.runtime.model_runtime import choose_device
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_device_choice() -> None:

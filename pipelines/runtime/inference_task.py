@@ -1,9 +1,9 @@
 """infer_user_links: ``user_histories(ds)`` -> ``user_links(ds)`` (GPU-partitioned LIME-XOR inference).
 
 * users with a usable history (``n > 0``) are repartitioned so that partitions carry
-  similar token counts (:mod:`pipelines.partitioning`), sorted by length inside;
+  similar token counts (:mod:`pipelines.runtime.partitioning`), sorted by length inside;
 * each task runs on the GPU Spark assigned to it, else on CPU with bounded threads
-  (:mod:`pipelines.model_runtime`), with the model loaded once per Python worker;
+  (:mod:`pipelines.runtime.model_runtime`), with the model loaded once per Python worker;
 * histories arrive as Arrow arrays (``mapInArrow``), never as Python rows, and each task writes
   its ``L_P`` rows to its own Parquet files (``TableStore.write_mapped``): they never pass
   through the JVM.
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import ConfigError
-from pipelines.model_runtime import DEVICE_POLICIES, load_model, task_device
+from pipelines.runtime.model_runtime import DEVICE_POLICIES, load_model, task_device
 from pipelines.schemas import USER_LINKS
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ def inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
         from pyspark import TaskContext
 
         from lime_model.inference import encode_histories
-        from pipelines import faults, model_runtime
+        from pipelines import faults
+        from pipelines.runtime import model_runtime
 
         t0 = time.perf_counter()
         device, gpus = task_device(cfg.device)
@@ -154,7 +155,7 @@ def inference_input(histories: DataFrame, partitions: int) -> DataFrame:
     itself (``TableStore.write_mapped``)."""
     from pyspark.sql import functions as F
 
-    from pipelines.partitioning import token_balanced
+    from pipelines.runtime.partitioning import token_balanced
 
     usable = histories.where(F.col("n") > 0).select("user_id", "item_ids", "ts", "n")
     return token_balanced(usable, partitions)

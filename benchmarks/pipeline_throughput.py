@@ -89,9 +89,9 @@ def build_world(spark, root: Path, users: int, items: int, model: dict[str, Any]
                 seed: int = 0, run_id: str = "bench") -> World:
     from lime_model.synthetic import random_checkpoint
     from pipelines import nightly
-    from pipelines.lakehouse import DeltaRsStore
     from pipelines.sources import write_synthetic
     from pipelines.synthetic import SyntheticConfig, item_ids
+    from pipelines.tables.delta_rs import DeltaRsStore
 
     cfg = SyntheticConfig(users=users, items=items, days=30, seed=seed, mean_events_per_user=events_per_user)
     store = DeltaRsStore(spark, root / "lakehouse")
@@ -106,7 +106,7 @@ def build_world(spark, root: Path, users: int, items: int, model: dict[str, Any]
 
 
 def warm_users(world: World) -> int:
-    from pipelines.schemas import USER_LINKS
+    from pipelines.tables.schemas import USER_LINKS
 
     return world.store.partition_rows(USER_LINKS, {"ds": DS})
 
@@ -123,7 +123,7 @@ def run_infer(world: World, run_id: str) -> float:
 
 def stage_steps(world: World, job: str, run_id: str) -> dict[str, float]:
     """The ``seconds_*`` timings a stage wrote to ``run_audit`` (e.g. score_topk: score, gate, write)."""
-    from pipelines.audit import read_audit
+    from pipelines.tables.audit import read_audit
 
     [metrics] = [r["metrics"] for r in read_audit(world.store, DS) if r["job"] == job and r["run_id"] == run_id]
     return {k.removeprefix("seconds_"): round(v, 3) for k, v in metrics.items() if k.startswith("seconds_")}
@@ -229,7 +229,7 @@ def naive_topk(world: World) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
-    from pipelines.schemas import CANDIDATE_LINK_WEIGHTS, USER_HISTORIES, USER_LINKS
+    from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, USER_HISTORIES, USER_LINKS
 
     ckpt_path, version = world.ckpt, world.ctx.model_version
     links = world.store.read(USER_LINKS, partition={"ds": DS}).select("user_id", "l_p")
@@ -292,11 +292,11 @@ def bench_mllib(spark, profile: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
-    from pipelines.lakehouse import DeltaRsStore
     from pipelines.runtime.scoring_task import dot_product_topk
-    from pipelines.schemas import EVENTS
     from pipelines.sources import write_synthetic
     from pipelines.synthetic import SyntheticConfig
+    from pipelines.tables.delta_rs import DeltaRsStore
+    from pipelines.tables.schemas import EVENTS
 
     p = profile["mllib"]
     log(f"mllib: {p['users']} users x {p['items']} items, rank {p['rank']}")
@@ -367,7 +367,7 @@ def memory_probe(root: Path) -> None:
     """(subprocess) Score one prepared lakehouse; the parent measures this process tree's peak memory."""
     spark = session(driver_memory=PROBE_DRIVER_MEMORY)
     store_root = root / "lakehouse"
-    from pipelines.lakehouse import DeltaRsStore
+    from pipelines.tables.delta_rs import DeltaRsStore
 
     world = World(root, DeltaRsStore(spark, store_root), str(root / "model.ckpt"), None, 0, 0, {})
     from pipelines import nightly
@@ -423,7 +423,7 @@ def bench_scale(spark, profile: dict[str, Any], tmp: Path) -> list[dict[str, Any
         world = build_world(spark, root, users, items, MODEL_LIGHT, profile["events_per_user"], run_id="scale")
         world.seconds["infer_user_links"] = run_infer(world, "scale")
         world.seconds["score_topk"] = run_score(world, "scale")
-        from pipelines.audit import read_audit
+        from pipelines.tables.audit import read_audit
 
         audit = {r["job"]: r["metrics"] for r in read_audit(world.store, DS) if r["run_id"] == "scale"}
         row = {"users": users, "items": items, "model": MODEL_LIGHT,

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 from jobs.common import add_run_args, add_spark_args, positive_int, run_main, spark_from_args
 
 if TYPE_CHECKING:
-    from pipelines.audit import AuditRecord
-    from pipelines.lakehouse import TableStore
     from pipelines.quality import QualityReport
+    from pipelines.tables.audit import AuditRecord
+    from pipelines.tables.store import TableStore
 
 log = logging.getLogger("jobs.validate_publish")
 
@@ -98,8 +98,8 @@ def write_report(root: str, ds: str, text: str) -> str:
 
 def run_model_version(audit_rows: list[dict[str, object]], run_id: str, recs_versions: list[str]) -> str:
     """The model version this run scored with (audit of score_topk), else the only one in the rows."""
-    from pipelines.audit import latest_success
     from pipelines.errors import ModelVersionMismatchError
+    from pipelines.tables.audit import latest_success
 
     scored = latest_success(audit_rows, "score_topk", run_id) or latest_success(audit_rows, "score_topk")
     if scored is not None and scored.get("model_version"):
@@ -112,7 +112,7 @@ def run_model_version(audit_rows: list[dict[str, object]], run_id: str, recs_ver
 
 
 def _already_published(audit_rows: list[dict[str, object]], cfg: PublishConfig, version: int) -> bool:
-    from pipelines.audit import STATUS_PUBLISHED
+    from pipelines.tables.audit import STATUS_PUBLISHED
 
     return any(r["job"] == JOB and r["run_id"] == cfg.run_id and r["status"] == STATUS_PUBLISHED
                and r["table_version"] == version for r in audit_rows)
@@ -123,10 +123,10 @@ def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditReco
     from pyspark.sql import functions as F
 
     from pipelines import report as rpt
-    from pipelines.audit import read_audit
     from pipelines.errors import PartitionNotFoundError
     from pipelines.quality import Check, QualityReport, check_recommendations
-    from pipelines.schemas import (
+    from pipelines.tables.audit import read_audit
+    from pipelines.tables.schemas import (
         CANDIDATE_LINK_WEIGHTS,
         RECOMMENDATIONS,
         USER_CANDIDATES,
@@ -193,9 +193,9 @@ def _provisional(record: AuditRecord) -> dict[str, object]:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.audit import STATUS_PUBLISHED, STATUS_SKIPPED, audited, new_run_id, read_audit
-    from pipelines.lakehouse import open_lakehouse
-    from pipelines.schemas import RECOMMENDATIONS
+    from pipelines.tables import open_lakehouse
+    from pipelines.tables.audit import STATUS_PUBLISHED, STATUS_SKIPPED, audited, new_run_id, read_audit
+    from pipelines.tables.schemas import RECOMMENDATIONS
 
     args = build_parser().parse_args(argv)
     cfg = PublishConfig(ds=args.ds, run_id=args.run_id or new_run_id(), top_k=args.top_k,

@@ -32,8 +32,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipelines.columns import INTEGER, TIMESTAMP, require_columns
 from pipelines.errors import ConfigError, SourceOrderUnavailableError
+from pipelines.tables.input_contracts import INTEGER, TIMESTAMP, require_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

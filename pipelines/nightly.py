@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from pipelines.audit import STATUS_SKIPPED, AuditRecord, audited
 from pipelines.errors import ConfigError, ModelVersionMismatchError, PartitionNotFoundError, reraise_task_error
-from pipelines.lakehouse import CommitResult, TableStore
 from pipelines.runtime.model_runtime import check_pipeline_model
-from pipelines.schemas import (
+from pipelines.tables.audit import STATUS_SKIPPED, AuditRecord, audited
+from pipelines.tables.schemas import (
     CANDIDATE_LINK_WEIGHTS,
     ITEMS,
     RECOMMENDATIONS,
@@ -31,6 +30,7 @@ from pipelines.schemas import (
     USER_HISTORIES,
     USER_LINKS,
 )
+from pipelines.tables.store import CommitResult, TableStore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -64,7 +64,7 @@ class RunContext:
     def open(cls, spark: SparkSession, store: TableStore, ds: str, run_id: str, checkpoint_path: str) -> RunContext:
         """Validate the run's arguments and load the checkpoint, before any table is touched."""
         from lime_model.checkpoint import load_checkpoint
-        from pipelines.lakehouse import check_lakehouse_root
+        from pipelines.tables.store import check_lakehouse_root
 
         try:
             if dt.date.fromisoformat(ds).isoformat() != ds:

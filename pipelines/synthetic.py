@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.errors import ConfigError
-from pipelines.schemas import EVENTS, ITEMS
+from pipelines.tables.schemas import EVENTS, ITEMS
 
 USERS_PER_BLOCK = 5_000
 FIRST_ITEM_ID = 1_000  # raw ids are neither 0-based nor contiguous, to catch id-mapping bugs

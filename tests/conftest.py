@@ -32,6 +32,6 @@ def lakehouse(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(spark: object, lakehouse: Path):
-    from pipelines.lakehouse import DeltaRsStore
+    from pipelines.tables.delta_rs import DeltaRsStore
 
     return DeltaRsStore(spark, lakehouse)  # type: ignore[arg-type]

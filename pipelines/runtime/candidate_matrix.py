@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.columns import INTEGER, require_columns
 from pipelines.errors import EmptyCatalogueError, NonFiniteValueError
 from pipelines.runtime.model_runtime import load_model, task_device
-from pipelines.schemas import CANDIDATE_LINK_WEIGHTS
+from pipelines.tables.input_contracts import INTEGER, require_columns
+from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

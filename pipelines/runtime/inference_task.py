@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from pipelines.errors import ConfigError
 from pipelines.runtime.model_runtime import DEVICE_POLICIES, load_model, task_device
-from pipelines.schemas import USER_LINKS
+from pipelines.tables.schemas import USER_LINKS
 
 if TYPE_CHECKING:
     from pyspark import Accumulator

@@ -11,10 +11,10 @@ import pytest
 from deltalake import write_deltalake
 
 from jobs.validate_publish import main, report_location, run_model_version, write_report
-from pipelines.audit import STATUS_PUBLISHED, STATUS_SUCCEEDED, AuditRecord, append_audit, read_audit
 from pipelines.errors import ModelVersionMismatchError
-from pipelines.lakehouse import DeltaRsStore
-from pipelines.schemas import (
+from pipelines.tables.audit import STATUS_PUBLISHED, STATUS_SUCCEEDED, AuditRecord, append_audit, read_audit
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.schemas import (
     CANDIDATE_LINK_WEIGHTS,
     ITEMS,
     RECOMMENDATIONS,

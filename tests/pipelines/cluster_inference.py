@@ -21,11 +21,11 @@ def main(argv: list[str]) -> int:
     import os
 
     from pipelines import nightly
-    from pipelines.audit import read_audit
     from pipelines.faults import FAULT_ENV
-    from pipelines.lakehouse import DeltaRsStore
     from pipelines.runtime.inference_task import InferenceConfig
     from pipelines.runtime.spark_session import GpuSettings, SparkSettings, build_spark_session
+    from pipelines.tables.audit import read_audit
+    from pipelines.tables.delta_rs import DeltaRsStore
 
     fault = {f"spark.executorEnv.{FAULT_ENV}": os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
     spark = build_spark_session(SparkSettings(

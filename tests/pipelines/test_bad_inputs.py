@@ -27,7 +27,6 @@ from lime_model.errors import (
     CheckpointNotFoundError,
 )
 from pipelines import nightly
-from pipelines.audit import read_audit
 from pipelines.errors import (
     ConfigError,
     EmptyCatalogueError,
@@ -39,10 +38,11 @@ from pipelines.errors import (
     TopKTooLargeError,
     UnsupportedModelError,
 )
-from pipelines.lakehouse import DeltaRsStore
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
-from pipelines.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS, USER_CANDIDATES, USER_HISTORIES, USER_LINKS
+from pipelines.tables.audit import read_audit
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS, USER_CANDIDATES, USER_HISTORIES, USER_LINKS
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark

@@ -100,9 +100,9 @@ def test_no_executor_jvm_above_a_plain_process() -> None:
 
 def test_crash_before_commit_exits_137_before_touching_the_table(tmp_path: Path) -> None:
     code = ("import pyarrow as pa\n"
-            "from pipelines.lakehouse import DeltaRsStore\n"
-            "from pipelines.schemas import RUN_AUDIT\n"
-            "from pipelines.audit import AuditRecord\n"
+            "from pipelines.tables.delta_rs import DeltaRsStore\n"
+            "from pipelines.tables.schemas import RUN_AUDIT\n"
+            "from pipelines.tables.audit import AuditRecord\n"
             f"store = DeltaRsStore(None, {str(tmp_path)!r})\n"
             "row = AuditRecord('job', '2024-01-01', 'r').to_arrow()\n"
             "store.write_arrow(row, RUN_AUDIT, mode='append', app_id='a')\n")

@@ -23,14 +23,14 @@ import pytest
 from deltalake import DeltaTable
 
 from pipelines import nightly
-from pipelines.audit import read_audit
 from pipelines.faults import CRASH_EXIT_CODE, FAULT_ENV
-from pipelines.lakehouse import DeltaRsStore
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
-from pipelines.schemas import RECOMMENDATIONS
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
+from pipelines.tables.audit import read_audit
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.schemas import RECOMMENDATIONS
 from tests.factories import make_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]

@@ -91,7 +91,7 @@ def test_a_table_read_carries_each_rows_file_and_row_index(spark, store) -> None
     empty table: no file, no row, null columns)."""
     import pyarrow as pa
 
-    from pipelines.schemas import EVENTS
+    from pipelines.tables.schemas import EVENTS
 
     at = ts(5)
     table = pa.table({"event_date": ["2024-03-05", "2024-03-05", "2024-03-06"], "user_id": [1, 1, 1],

@@ -13,11 +13,11 @@ from deltalake import DeltaTable
 
 from lime_model.checkpoint import build_model, load_checkpoint
 from pipelines import nightly
-from pipelines.lakehouse import DeltaRsStore
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
+from pipelines.tables.delta_rs import DeltaRsStore
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark
@@ -150,8 +150,8 @@ def test_seen_lists_joined_by_a_shuffle_give_the_same_lists(world: dict, spark) 
 def test_failing_gate_commits_nothing_and_leaves_no_file(world: dict, spark, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scoring tasks write their rows before the gate runs; a failing gate must drop them."""
     from pipelines import quality
-    from pipelines.audit import read_audit
     from pipelines.errors import QualityGateError
+    from pipelines.tables.audit import read_audit
 
     real_gate = quality.check_recommendations
 
@@ -181,7 +181,7 @@ def test_rerun_of_same_ds_leaves_identical_content_and_replaces_only_that_partit
     other = written(world).assign(ds="2024-01-07")
     import pyarrow as pa
 
-    from pipelines.schemas import RECOMMENDATIONS
+    from pipelines.tables.schemas import RECOMMENDATIONS
 
     store.write_arrow(pa.Table.from_pandas(other, schema=RECOMMENDATIONS.schema, preserve_index=False),
                       RECOMMENDATIONS, mode="overwrite", partition={"ds": "2024-01-07"}, app_id="other-day")
@@ -219,7 +219,7 @@ def test_retry_of_the_same_run_is_a_no_op(world: dict, spark) -> None:
 
 
 def test_audit_records_every_stage_with_drop_counts(world: dict) -> None:
-    from pipelines.audit import read_audit
+    from pipelines.tables.audit import read_audit
 
     rows = [r for r in read_audit(world["store"], DS) if r["run_id"] == "run-1"]
     jobs = [r["job"] for r in rows]
@@ -236,7 +236,7 @@ def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark
     """Runs last in this module: it replaces recommendations(ds) with list-restricted ones."""
     import pyarrow as pa
 
-    from pipelines.schemas import USER_CANDIDATES
+    from pipelines.tables.schemas import USER_CANDIDATES
 
     store = world["store"]
     rng = np.random.default_rng(3)

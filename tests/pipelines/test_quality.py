@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.quality import check_recommendations
-from pipelines.schemas import RECOMMENDATIONS
+from pipelines.tables.schemas import RECOMMENDATIONS
 
 pytestmark = pytest.mark.spark
 

@@ -157,7 +157,7 @@ def test_collect_aggregates_counts_per_source_bins_model_scores_and_flags_nan(sp
 
 def test_rows_an_engine_could_not_count_show_as_unknown_not_as_a_number() -> None:
     """delta-spark without history metrics: the commit has rows=None, the audit null, the report "unknown"."""
-    from pipelines.audit import AuditRecord
+    from pipelines.tables.audit import AuditRecord
 
     record = AuditRecord("score_topk", "2024-01-05", "r1")
     record.count("rows_written", None)

@@ -7,11 +7,11 @@ import pytest
 from deltalake import DeltaTable
 
 from pipelines import nightly
-from pipelines.lakehouse import DeltaRsStore
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig, seen_lists_bytes
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
+from pipelines.tables.delta_rs import DeltaRsStore
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark

@@ -24,10 +24,10 @@ from lime_model.data import build_sequences
 from lime_model.datasets import read_interactions
 from lime_model.evaluate import rank_targets
 from pipelines import nightly
-from pipelines.lakehouse import DeltaRsStore
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
-from pipelines.schemas import EVENTS, ITEMS
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.schemas import EVENTS, ITEMS
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark

@@ -15,11 +15,11 @@ from deltalake import DeltaTable
 
 from pipelines import nightly
 from pipelines.errors import ConfigError, GpuUnavailableError
-from pipelines.lakehouse import DeltaRsStore
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.model_runtime import choose_device
 from pipelines.sources import write_synthetic
 from pipelines.synthetic import SyntheticConfig, item_ids
+from pipelines.tables.delta_rs import DeltaRsStore
 from tests.factories import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[3]

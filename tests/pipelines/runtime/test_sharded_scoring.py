@@ -12,7 +12,7 @@ import pytest
 from lime_model.checkpoint import load_checkpoint
 from pipelines.runtime import scoring_task as s
 from pipelines.runtime.candidate_matrix import candidate_rows
-from pipelines.schemas import CANDIDATE_LINK_WEIGHTS
+from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.errors import InvalidPartitionValueError, NonFiniteValueError, NullValueError
-from pipelines.schemas import TableSpec
+from pipelines.tables.schemas import TableSpec
 
 # Partition values become folder names and Delta partitionValues: keep them boring.
 _SAFE_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")

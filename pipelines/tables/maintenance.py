@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipelines.errors import ConfigError, PartitionNotFoundError, UnsupportedOnEngineError
-from pipelines.lakehouse import ENGINE_ENV, CommitResult, DeltaRsStore, TableStore, _check_partition_arg
-from pipelines.parquet_files import DataFile
-from pipelines.schemas import TableSpec
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.parquet_files import DataFile
+from pipelines.tables.schemas import TableSpec
+from pipelines.tables.store import ENGINE_ENV, CommitResult, TableStore, check_partition_arg
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def rollback_partition(store: TableStore, spec: TableSpec, partition: Mapping[st
     """
     if not isinstance(store, DeltaRsStore):
         raise _rollback_unsupported(store.engine)
-    target = _check_partition_arg(spec, partition)
+    target = check_partition_arg(spec, partition)
     assert target is not None
     current = store.delta_table(spec)
     old = store.delta_table(spec, to_version)  # TableError naming the versions when it does not exist
@@ -125,7 +126,7 @@ def rollback_partition(store: TableStore, spec: TableSpec, partition: Mapping[st
     app_id = (f"rollback:{spec.name}:{','.join(f'{k}={v}' for k, v in sorted(target.items()))}"
               f":to=v{to_version}:from=v{current.version()}")
     result = store.commit(spec, files, mode="overwrite", app_id=app_id, partition=target,
-                          expected_partition_state=store._partition_state(current, target),
+                          expected_partition_state=store.partition_state(current, target),
                           metadata={"rollback_to_version": to_version})
     log.info("rolled %s %s back to version %d as version %d (%d file(s), %d row(s))", spec.name, target,
              to_version, result.version, result.files, result.rows)

@@ -1,4 +1,4 @@
-"""Rolling a partition back (pipelines/maintenance.py): only where re-adding old files is exact."""
+"""Rolling a partition back (pipelines/tables/maintenance.py): only where re-adding old files is exact."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from deltalake.table import TableFeatures
 
-from pipelines.delta_spark import DeltaSparkStore
 from pipelines.errors import UnsupportedOnEngineError, UnsupportedTableFeatureError
-from pipelines.lakehouse import DeltaRsStore
-from pipelines.maintenance import rollback_partition
-from pipelines.schemas import RECOMMENDATIONS
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.delta_spark import DeltaSparkStore
+from pipelines.tables.maintenance import rollback_partition
+from pipelines.tables.schemas import RECOMMENDATIONS
 
 
 def recs(ds: str, users: range, score: float = 1.0) -> pa.Table:

@@ -2,7 +2,7 @@
 
 Production clusters ship delta-spark; this machine cannot download its jars (no
 Maven Central), so its tests skip with that reason.  Semantics match
-:class:`pipelines.lakehouse.DeltaRsStore`: ``replaceWhere`` for one-partition
+:class:`pipelines.tables.delta_rs.DeltaRsStore`: ``replaceWhere`` for one-partition
 overwrites, ``txnAppId``/``txnVersion`` so a retried commit of the same run is
 a no-op, ``versionAsOf`` for time travel.
 """
@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipelines.errors import ConfigError, TableError, TableNotFoundError
-from pipelines.lakehouse import (
-    _TXN_VERSION,
+from pipelines.tables.schemas import TableSpec
+from pipelines.tables.store import (
+    TXN_VERSION,
     ArrowTask,
     CommitResult,
     StagedWrite,
     WriteMode,
-    _check_partition_arg,
+    check_partition_arg,
     check_spark_schema,
     count_text,
     resolve_root,
 )
-from pipelines.schemas import TableSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -167,7 +167,7 @@ class DeltaSparkStore:
 
     def committed_version(self, spec: TableSpec, app_id: str) -> int | None:
         if any(_app_id_of(e.user_metadata) == app_id for e in self._history(spec)):
-            return _TXN_VERSION
+            return TXN_VERSION
         return None
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int:
@@ -235,7 +235,7 @@ class DeltaSparkStore:
         metadata: Mapping[str, object] | None = None,
     ) -> CommitResult:
         check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        target = _check_partition_arg(spec, partition)
+        target = check_partition_arg(spec, partition)
         if self.committed_version(spec, app_id) is not None:
             return CommitResult(spec.name, self.version(spec) or 0, 0, 0, skipped=True)
         # the table's own schema too: Delta's mismatch error would not say what to do about it
@@ -243,7 +243,7 @@ class DeltaSparkStore:
         user_meta = {"lime_rank.app_id": app_id, **{f"lime_rank.{k}": v for k, v in (metadata or {}).items()}}
         writer = (
             df.select(*spec.column_names).write.format("delta").mode(mode)
-            .option("txnAppId", app_id).option("txnVersion", _TXN_VERSION)
+            .option("txnAppId", app_id).option("txnVersion", TXN_VERSION)
             .option("userMetadata", json.dumps(user_meta))
         )
         if spec.partition_by:
@@ -266,7 +266,7 @@ class DeltaSparkStore:
         from pyspark import StorageLevel
 
         check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        target = _check_partition_arg(spec, partition)
+        target = check_partition_arg(spec, partition)
         frame = df.select(*spec.column_names).persist(StorageLevel.DISK_ONLY)
         try:
             frame.count()

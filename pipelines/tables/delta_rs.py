@@ -1,12 +1,9 @@
-"""The table layer: every read and write of a lakehouse table goes through here.
+"""The delta-rs engine, the embedded default (DESIGN.md §2 "Tables and engines").
 
-Two engines reach the same Delta tables (DESIGN.md §2 "Tables and engines"):
-
-* ``delta-spark`` (``format("delta")``) when its classes are loadable in the JVM;
-* ``delta-rs`` otherwise, the embedded default: Spark tasks write Parquet files
-  (partition columns in ``k=v`` folders, not in the files), the driver commits
-  them in ONE Delta transaction carrying an app-transaction id, so a retried
-  commit of the same run is a no-op, and reads use a snapshot's exact file list.
+Spark tasks write Parquet files (partition columns in ``k=v`` folders, not in the
+files), the driver commits them in ONE Delta transaction carrying an app-transaction
+id, so a retried commit of the same run is a no-op, and reads use a snapshot's exact
+file list.
 
 delta-rs does not check what a careful writer must, so :class:`DeltaRsStore`
 does, each with its own error: every added file exists
@@ -26,10 +23,8 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -38,85 +33,34 @@ import pyarrow.fs as pafs
 from pipelines import faults
 from pipelines.errors import (
     ConcurrentWriteError,
-    ConfigError,
-    LakehouseNotFoundError,
     MissingDataFileError,
     PartitionOutsideOverwriteError,
-    SchemaMismatchError,
     TableError,
     TableNotFoundError,
     UnsupportedTableFeatureError,
     reraise_task_error,
 )
-from pipelines.parquet_files import (
-    MANIFEST_SCHEMA,
-    DataFile,
-    ParquetFileWriter,
-    check_partition_value,
+from pipelines.tables.parquet_files import MANIFEST_SCHEMA, DataFile, ParquetFileWriter
+from pipelines.tables.schemas import TableSpec
+from pipelines.tables.store import (
+    TXN_VERSION,
+    ArrowTask,
+    CommitResult,
+    StagedWrite,
+    WriteMode,
+    check_arrow_schema,
+    check_partition_arg,
+    check_spark_schema,
+    resolve_root,
 )
-from pipelines.schemas import TableSpec
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType, StructType
 
 log = logging.getLogger(__name__)
 
-WriteMode = Literal["append", "overwrite"]
-# a mapInArrow function: a task's input batches -> the batches it makes
-ArrowTask = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
-ENGINE_ENV = "LIME_RANK_TABLE_ENGINE"  # auto | delta-rs | delta-spark
-_TXN_VERSION = 1
 _COMMIT_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class CommitResult:
-    """What a write did: the table version it produced (or found), files and rows added.
-
-    ``files`` and ``rows`` are None when the engine cannot know them (delta-spark with
-    Delta's history metrics turned off): shown as "unknown", never as a made-up number.
-    """
-
-    table: str
-    version: int
-    files: int | None
-    rows: int | None
-    skipped: bool  # True when this app id had already committed: nothing was written
-
-
-def count_text(count: int | None) -> str:
-    """A count for logs and messages: the number, or "unknown"."""
-    return "unknown" if count is None else str(count)
-
-
-@dataclass(frozen=True)
-class StagedWrite:
-    """Rows written but not committed (:meth:`TableStore.stage`): no reader sees them until
-    :meth:`TableStore.commit_staged`; :meth:`TableStore.discard_staged` drops them.
-
-    ``frame`` reads the staged rows (the table's columns), e.g. for a quality gate before the
-    commit.  delta-rs: ``files`` are the Parquet files written, outside the Delta log, and
-    ``partition_state`` the partition's files when staging began (the commit refuses if
-    another writer changed them).  delta-spark: ``frame`` is the rows persisted on local disk.
-    """
-
-    spec: TableSpec
-    mode: WriteMode
-    app_id: str
-    partition: dict[str, str] | None
-    frame: DataFrame
-    files: tuple[DataFile, ...] = ()
-    partition_state: frozenset[str] | None = None
-
-
-def resolve_root(root: str | os.PathLike[str]) -> str:
-    """Absolute local path (or an URI with a scheme, passed through)."""
-    text = os.fspath(root)
-    if "://" in text:
-        return text.rstrip("/")
-    return str(Path(text).expanduser().resolve())
 
 
 def normalised_uri(uri: str) -> str:
@@ -138,184 +82,10 @@ def _data_file_uri(table_uri: str, log_path: str) -> str:
     return normalised_uri(f"{table_uri.rstrip('/')}/{path}")
 
 
-def check_lakehouse_root(root: str) -> None:
-    """A local lakehouse root must be an existing folder (URIs with a scheme are not checked).
-
-    Jobs that read inputs call this first: writing the audit row of a failed run into a
-    mistyped path would otherwise create a new, empty lakehouse there.
-    """
-    if "://" in root:
-        return
-    if not Path(root).is_dir():
-        raise LakehouseNotFoundError(
-            f"lakehouse {root!r} does not exist or is not a folder; check --lakehouse "
-            "(only `lime-rank generate`/`load-movielens` create a lakehouse)"
-        )
-
-
-def _simple(dtype: DataType) -> str:
-    return dtype.simpleString()
-
-
-def _types_equal(a: DataType, b: DataType) -> bool:
-    """Spark types equal, ignoring nullability (at every nesting level)."""
-    from pyspark.sql.types import ArrayType, MapType, StructType
-
-    if isinstance(a, ArrayType) and isinstance(b, ArrayType):
-        return _types_equal(a.elementType, b.elementType)
-    if isinstance(a, MapType) and isinstance(b, MapType):
-        return _types_equal(a.keyType, b.keyType) and _types_equal(a.valueType, b.valueType)
-    if isinstance(a, StructType) and isinstance(b, StructType):
-        return len(a.fields) == len(b.fields) and all(
-            fa.name == fb.name and _types_equal(fa.dataType, fb.dataType)
-            for fa, fb in zip(a.fields, b.fields, strict=True)
-        )
-    return a == b
-
-
-def check_spark_schema(table: str, actual: StructType, expected: StructType, *, allow_extra: bool,
-                       hint: str = "") -> None:
-    """Raise :class:`SchemaMismatchError` naming every missing, unexpected or retyped column
-    (``hint``: what to do about it, for an existing table's schema)."""
-    have = {f.name: f.dataType for f in actual.fields}
-    want = {f.name: f.dataType for f in expected.fields}
-    missing = [c for c in want if c not in have]
-    unexpected = [] if allow_extra else [c for c in have if c not in want]
-    wrong = {
-        c: (_simple(have[c]), _simple(t)) for c, t in want.items() if c in have and not _types_equal(have[c], t)
-    }
-    if missing or unexpected or wrong:
-        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
-
-
-def check_arrow_schema(table: str, actual: pa.Schema, expected: pa.Schema, *, allow_extra: bool,
-                       hint: str = "") -> None:
-    """Arrow flavour of :func:`check_spark_schema` (nullability and field names of lists ignored)."""
-
-    def norm(t: pa.DataType) -> pa.DataType:
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return pa.list_(norm(t.value_type))
-        if pa.types.is_large_string(t):
-            return pa.string()
-        return t
-
-    have = {f.name: norm(f.type) for f in actual}
-    want = {f.name: norm(f.type) for f in expected}
-    missing = [c for c in want if c not in have]
-    unexpected = [] if allow_extra else [c for c in have if c not in want]
-    wrong = {c: (str(have[c]), str(t)) for c, t in want.items() if c in have and have[c] != t}
-    if missing or unexpected or wrong:
-        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
-
-
-class TableStore(Protocol):
-    """What jobs need from the lakehouse, whatever the engine."""
-
-    root: str
-    engine: str
-
-    def uri(self, table: str) -> str: ...
-
-    def exists(self, spec: TableSpec) -> bool: ...
-
-    def version(self, spec: TableSpec) -> int | None: ...
-
-    def committed_version(self, spec: TableSpec, app_id: str) -> int | None: ...
-
-    def table_id(self, spec: TableSpec) -> str | None: ...
-
-    def check_schema(self, spec: TableSpec) -> None:
-        """An existing table must have ``spec``'s schema exactly (:class:`SchemaMismatchError` with
-        ``spec.outdated_hint``); a missing table passes.  No Spark job."""
-
-    def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
-
-    def column_bounds(
-        self, spec: TableSpec, column: str, partition: Mapping[str, str] | None = None
-    ) -> tuple[Any, Any] | None: ...
-
-    def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int: ...
-
-    def file_uris(
-        self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
-    ) -> list[str]: ...
-
-    def read_table(
-        self, name: str, *, version: int | None = None, partition: Mapping[str, str] | None = None
-    ) -> DataFrame: ...
-
-    def read(
-        self,
-        spec: TableSpec,
-        *,
-        version: int | None = None,
-        partition: Mapping[str, str] | None = None,
-        allow_extra_columns: bool = False,
-    ) -> DataFrame: ...
-
-    def read_arrow(
-        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
-    ) -> pa.Table: ...
-
-    def write(
-        self,
-        df: DataFrame,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult: ...
-
-    def write_mapped(
-        self,
-        df: DataFrame,
-        task: ArrowTask,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult: ...
-
-    def write_arrow(
-        self,
-        data: pa.Table,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult: ...
-
-    def stage(
-        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
-        partition: Mapping[str, str] | None = None,
-    ) -> StagedWrite: ...
-
-    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult: ...
-
-    def discard_staged(self, staged: StagedWrite) -> None: ...
-
-
 def _partition_filters(partition: Mapping[str, str] | None) -> list[tuple[str, str, str]] | None:
     if not partition:
         return None
     return [(k, "=", v) for k, v in sorted(partition.items())]
-
-
-def _check_partition_arg(spec: TableSpec, partition: Mapping[str, str] | None) -> dict[str, str] | None:
-    if partition is None:
-        return None
-    if set(partition) != set(spec.partition_by):
-        raise ConfigError(
-            f"table {spec.name!r} is partitioned by {list(spec.partition_by)}; "
-            f"a partition must name exactly those columns, got {sorted(partition)}"
-        )
-    return {k: check_partition_value(spec.name, k, v) for k, v in partition.items()}
 
 
 class DeltaRsStore:
@@ -579,7 +349,7 @@ class DeltaRsStore:
         partition: Mapping[str, str] | None,
         metadata: Mapping[str, object] | None,
     ) -> CommitResult:
-        _check_partition_arg(spec, partition)  # a bad partition is an error even for a retried write
+        check_partition_arg(spec, partition)  # a bad partition is an error even for a retried write
         snapshot = self._load(spec)
         if snapshot is not None:
             done = snapshot.transaction_version(app_id)
@@ -597,8 +367,8 @@ class DeltaRsStore:
         """Run the Spark job whose tasks write the data files: (files, partition, partition state)."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        target = _check_partition_arg(spec, partition)
-        state = self._partition_state(snapshot, target) if mode == "overwrite" else None
+        target = check_partition_arg(spec, partition)
+        state = self.partition_state(snapshot, target) if mode == "overwrite" else None
         writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix())
         manifest = df.mapInArrow(_manifest_task(writer, task), from_arrow_schema(MANIFEST_SCHEMA))
         try:
@@ -647,11 +417,11 @@ class DeltaRsStore:
     ) -> CommitResult:
         """Same contract as :meth:`write` for a small Arrow table built on the driver."""
         check_arrow_schema(spec.name, data.schema, spec.schema, allow_extra=False)
-        target = _check_partition_arg(spec, partition)
+        target = check_partition_arg(spec, partition)
         snapshot = self._load(spec)
         if snapshot is not None and snapshot.transaction_version(app_id) is not None:
             return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
-        seen = self._partition_state(snapshot, target) if mode == "overwrite" else None
+        seen = self.partition_state(snapshot, target) if mode == "overwrite" else None
         writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix() + "-driver")
         data = data.select(spec.column_names).cast(spec.schema)
         files = [
@@ -668,7 +438,7 @@ class DeltaRsStore:
         return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
 
     @staticmethod
-    def _partition_state(table: DeltaTable | None, partition: Mapping[str, str] | None) -> frozenset[str]:
+    def partition_state(table: DeltaTable | None, partition: Mapping[str, str] | None) -> frozenset[str]:
         """Relative paths of the files that make up the partition (or table) right now."""
         if table is None:
             return frozenset()
@@ -709,7 +479,7 @@ class DeltaRsStore:
         custom.update({f"lime_rank.{k}": v for k, v in (metadata or {}).items()})
         props = CommitProperties(
             custom_metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in custom.items()},
-            app_transactions=[Transaction(app_id, _TXN_VERSION)],
+            app_transactions=[Transaction(app_id, TXN_VERSION)],
             max_commit_retries=0,  # _commit_once relies on it to know the version it wrote
         )
         for attempt in range(_COMMIT_ATTEMPTS):
@@ -748,7 +518,7 @@ class DeltaRsStore:
                                allow_extra=False, hint=spec.outdated_hint)
         if expected_partition_state is None:
             return
-        if self._partition_state(table, partition) != expected_partition_state:
+        if self.partition_state(table, partition) != expected_partition_state:
             where = dict(partition) if partition else "(whole table)"
             raise ConcurrentWriteError(
                 f"table {spec.name!r}: partition {where} changed since this writer's snapshot "
@@ -852,36 +622,3 @@ def _manifest_task(writer: ParquetFileWriter, task: ArrowTask | None = None):
         yield from task_writer(batches if task is None else _checked(writer.spec, task(batches)))
 
     return run
-
-
-def delta_spark_available(spark: SparkSession) -> bool:
-    """True when the Delta Spark data source classes load in the driver JVM (~0.15 s)."""
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is None:  # Spark Connect: no py4j gateway
-        return False
-    try:
-        loader = jvm.Thread.currentThread().getContextClassLoader()
-        jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", False, loader)
-        return True
-    except Exception:
-        return False
-
-
-def open_lakehouse(spark: SparkSession | None, root: str | os.PathLike[str], engine: str | None = None) -> TableStore:
-    """The store for ``root``: delta-spark when its classes are loadable, delta-rs otherwise.
-
-    ``engine`` (or ``$LIME_RANK_TABLE_ENGINE``) forces one: ``auto``, ``delta-rs``, ``delta-spark``.
-    """
-    choice = (engine or os.environ.get(ENGINE_ENV) or "auto").strip()
-    if choice not in ("auto", "delta-rs", "delta-spark"):
-        raise ConfigError(f"table engine must be auto, delta-rs or delta-spark, got {choice!r}")
-    if choice == "delta-rs" or spark is None:
-        return DeltaRsStore(spark, root)
-    available = delta_spark_available(spark)
-    if choice == "delta-spark" and not available:
-        raise ConfigError("table engine delta-spark was asked for but its classes are not on the classpath")
-    if available:
-        from pipelines.delta_spark import DeltaSparkStore
-
-        return DeltaSparkStore(spark, root)
-    return DeltaRsStore(spark, root)

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from pipelines.lakehouse import DeltaRsStore, normalised_uri
-from pipelines.schemas import RECOMMENDATIONS
+from pipelines.tables.delta_rs import DeltaRsStore, normalised_uri
+from pipelines.tables.schemas import RECOMMENDATIONS
 
 
 def recs(ds: str, users: range) -> pa.Table:

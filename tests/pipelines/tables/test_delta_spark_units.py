@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from pipelines.delta_spark import HistoryEntry, commit_from_history, partition_condition, replace_where_sql
 from pipelines.errors import ConfigError, TableError
+from pipelines.tables.delta_spark import HistoryEntry, commit_from_history, partition_condition, replace_where_sql
 
 
 def entry(version: int, app_id: str | None, metrics: dict[str, str] | None = None) -> HistoryEntry:

@@ -20,9 +20,10 @@ from pipelines.errors import (
     SchemaMismatchError,
     TableNotFoundError,
 )
-from pipelines.lakehouse import DeltaRsStore, delta_spark_available, open_lakehouse
-from pipelines.parquet_files import DataFile, ParquetFileWriter
-from pipelines.schemas import RECOMMENDATIONS, USER_HISTORIES
+from pipelines.tables import delta_spark_available, open_lakehouse
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.parquet_files import DataFile, ParquetFileWriter
+from pipelines.tables.schemas import RECOMMENDATIONS, USER_HISTORIES
 
 pytestmark = pytest.mark.spark
 
@@ -227,7 +228,7 @@ def test_guard_file_outside_overwritten_partition(store) -> None:
     stray = _written_files(store, recs("2024-01-02", range(2)), "stray")
     with pytest.raises(PartitionOutsideOverwriteError, match=r"belong elsewhere, e\.g\. \['ds=2024-01-02/"):
         store.commit(RECOMMENDATIONS, stray, mode="overwrite", app_id="o", partition={"ds": "2024-01-01"},
-                     expected_partition_state=store._partition_state(store.delta_table(RECOMMENDATIONS),
+                     expected_partition_state=store.partition_state(store.delta_table(RECOMMENDATIONS),
                                                                      {"ds": "2024-01-01"}))
     assert DeltaTable(store.uri("recommendations")).version() == 0
 
@@ -235,7 +236,7 @@ def test_guard_file_outside_overwritten_partition(store) -> None:
 def test_guard_partition_changed_since_snapshot(store) -> None:
     part = {"ds": "2024-01-01"}
     store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
-    snapshot = store._partition_state(store.delta_table(RECOMMENDATIONS), part)
+    snapshot = store.partition_state(store.delta_table(RECOMMENDATIONS), part)
     mine = _written_files(store, recs("2024-01-01", range(2), score=9.0), "slow-writer")
     # another run overwrites the same partition in between
     store.write_arrow(recs("2024-01-01", range(2), score=5.0), RECOMMENDATIONS, mode="overwrite",
@@ -248,7 +249,7 @@ def test_guard_partition_changed_since_snapshot(store) -> None:
 
 def test_overwrite_of_other_partition_is_not_a_conflict(store) -> None:
     store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="seed")
-    snapshot = store._partition_state(store.delta_table(RECOMMENDATIONS), {"ds": "2024-01-01"})
+    snapshot = store.partition_state(store.delta_table(RECOMMENDATIONS), {"ds": "2024-01-01"})
     mine = _written_files(store, recs("2024-01-01", range(2), score=9.0), "w1")
     store.write_arrow(recs("2024-01-02", range(2)), RECOMMENDATIONS, mode="append", app_id="other-day")
     result = store.commit(RECOMMENDATIONS, mine, mode="overwrite", app_id="w1", partition={"ds": "2024-01-01"},
@@ -298,7 +299,7 @@ def test_reading_a_missing_table_names_it(store) -> None:
 
 def test_read_refuses_a_table_whose_schema_drifted(spark, store) -> None:
     store.write_arrow(recs("2024-01-01", range(2)), RECOMMENDATIONS, mode="append", app_id="r")
-    from pipelines.schemas import TableSpec
+    from pipelines.tables.schemas import TableSpec
 
     expects_more = TableSpec("recommendations", RECOMMENDATIONS.schema.append(pa.field("extra", pa.int64())),
                              ("ds",))
@@ -332,7 +333,7 @@ def test_delta_spark_engine_roundtrip(spark, lakehouse) -> None:
 def test_dense_vector_columns_are_written_uncompressed(store) -> None:
     import pyarrow.parquet as pq
 
-    from pipelines.schemas import USER_LINKS
+    from pipelines.tables.schemas import USER_LINKS
 
     rows = [{"ds": "2024-01-01", "model_version": "v1", "user_id": u, "l_p": [0.5 * u] * 8} for u in range(3)]
     store.write_arrow(pa.Table.from_pylist(rows, schema=USER_LINKS.schema), USER_LINKS, mode="append", app_id="c")

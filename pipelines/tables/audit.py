@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipelines.lakehouse import DeltaRsStore, TableStore, count_text
-from pipelines.schemas import RUN_AUDIT
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.schemas import RUN_AUDIT
+from pipelines.tables.store import TableStore, count_text
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,253 @@
+"""What both table engines share: the :class:`TableStore` protocol and the types its methods
+take and return, the partition argument check, the lakehouse root checks and the schema checks.
+
+The engines (:mod:`pipelines.tables.delta_rs`, :mod:`pipelines.tables.delta_spark`) depend on
+this module and never on each other; :func:`pipelines.tables.open_lakehouse` picks one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import pyarrow as pa
+
+from pipelines.errors import ConfigError, LakehouseNotFoundError, SchemaMismatchError
+from pipelines.tables.parquet_files import DataFile, check_partition_value
+from pipelines.tables.schemas import TableSpec
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+    from pyspark.sql.types import DataType, StructType
+
+WriteMode = Literal["append", "overwrite"]
+# a mapInArrow function: a task's input batches -> the batches it makes
+ArrowTask = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+ENGINE_ENV = "LIME_RANK_TABLE_ENGINE"  # auto | delta-rs | delta-spark
+TXN_VERSION = 1  # the app-transaction version every write records with its app id
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a write did: the table version it produced (or found), files and rows added.
+
+    ``files`` and ``rows`` are None when the engine cannot know them (delta-spark with
+    Delta's history metrics turned off): shown as "unknown", never as a made-up number.
+    """
+
+    table: str
+    version: int
+    files: int | None
+    rows: int | None
+    skipped: bool  # True when this app id had already committed: nothing was written
+
+
+def count_text(count: int | None) -> str:
+    """A count for logs and messages: the number, or "unknown"."""
+    return "unknown" if count is None else str(count)
+
+
+@dataclass(frozen=True)
+class StagedWrite:
+    """Rows written but not committed (:meth:`TableStore.stage`): no reader sees them until
+    :meth:`TableStore.commit_staged`; :meth:`TableStore.discard_staged` drops them.
+
+    ``frame`` reads the staged rows (the table's columns), e.g. for a quality gate before the
+    commit.  delta-rs: ``files`` are the Parquet files written, outside the Delta log, and
+    ``partition_state`` the partition's files when staging began (the commit refuses if
+    another writer changed them).  delta-spark: ``frame`` is the rows persisted on local disk.
+    """
+
+    spec: TableSpec
+    mode: WriteMode
+    app_id: str
+    partition: dict[str, str] | None
+    frame: DataFrame
+    files: tuple[DataFile, ...] = ()
+    partition_state: frozenset[str] | None = None
+
+
+def resolve_root(root: str | os.PathLike[str]) -> str:
+    """Absolute local path (or an URI with a scheme, passed through)."""
+    text = os.fspath(root)
+    if "://" in text:
+        return text.rstrip("/")
+    return str(Path(text).expanduser().resolve())
+
+
+def check_lakehouse_root(root: str) -> None:
+    """A local lakehouse root must be an existing folder (URIs with a scheme are not checked).
+
+    Jobs that read inputs call this first: writing the audit row of a failed run into a
+    mistyped path would otherwise create a new, empty lakehouse there.
+    """
+    if "://" in root:
+        return
+    if not Path(root).is_dir():
+        raise LakehouseNotFoundError(
+            f"lakehouse {root!r} does not exist or is not a folder; check --lakehouse "
+            "(only `lime-rank generate`/`load-movielens` create a lakehouse)"
+        )
+
+
+def _simple(dtype: DataType) -> str:
+    return dtype.simpleString()
+
+
+def _types_equal(a: DataType, b: DataType) -> bool:
+    """Spark types equal, ignoring nullability (at every nesting level)."""
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    if isinstance(a, ArrayType) and isinstance(b, ArrayType):
+        return _types_equal(a.elementType, b.elementType)
+    if isinstance(a, MapType) and isinstance(b, MapType):
+        return _types_equal(a.keyType, b.keyType) and _types_equal(a.valueType, b.valueType)
+    if isinstance(a, StructType) and isinstance(b, StructType):
+        return len(a.fields) == len(b.fields) and all(
+            fa.name == fb.name and _types_equal(fa.dataType, fb.dataType)
+            for fa, fb in zip(a.fields, b.fields, strict=True)
+        )
+    return a == b
+
+
+def check_spark_schema(table: str, actual: StructType, expected: StructType, *, allow_extra: bool,
+                       hint: str = "") -> None:
+    """Raise :class:`SchemaMismatchError` naming every missing, unexpected or retyped column
+    (``hint``: what to do about it, for an existing table's schema)."""
+    have = {f.name: f.dataType for f in actual.fields}
+    want = {f.name: f.dataType for f in expected.fields}
+    missing = [c for c in want if c not in have]
+    unexpected = [] if allow_extra else [c for c in have if c not in want]
+    wrong = {
+        c: (_simple(have[c]), _simple(t)) for c, t in want.items() if c in have and not _types_equal(have[c], t)
+    }
+    if missing or unexpected or wrong:
+        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
+
+
+def check_arrow_schema(table: str, actual: pa.Schema, expected: pa.Schema, *, allow_extra: bool,
+                       hint: str = "") -> None:
+    """Arrow flavour of :func:`check_spark_schema` (nullability and field names of lists ignored)."""
+
+    def norm(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return pa.list_(norm(t.value_type))
+        if pa.types.is_large_string(t):
+            return pa.string()
+        return t
+
+    have = {f.name: norm(f.type) for f in actual}
+    want = {f.name: norm(f.type) for f in expected}
+    missing = [c for c in want if c not in have]
+    unexpected = [] if allow_extra else [c for c in have if c not in want]
+    wrong = {c: (str(have[c]), str(t)) for c, t in want.items() if c in have and have[c] != t}
+    if missing or unexpected or wrong:
+        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
+
+
+class TableStore(Protocol):
+    """What jobs need from the lakehouse, whatever the engine."""
+
+    root: str
+    engine: str
+
+    def uri(self, table: str) -> str: ...
+
+    def exists(self, spec: TableSpec) -> bool: ...
+
+    def version(self, spec: TableSpec) -> int | None: ...
+
+    def committed_version(self, spec: TableSpec, app_id: str) -> int | None: ...
+
+    def table_id(self, spec: TableSpec) -> str | None: ...
+
+    def check_schema(self, spec: TableSpec) -> None:
+        """An existing table must have ``spec``'s schema exactly (:class:`SchemaMismatchError` with
+        ``spec.outdated_hint``); a missing table passes.  No Spark job."""
+
+    def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int: ...
+
+    def column_bounds(
+        self, spec: TableSpec, column: str, partition: Mapping[str, str] | None = None
+    ) -> tuple[Any, Any] | None: ...
+
+    def count_rows(self, name: str, partition_filters: Sequence[tuple[str, str, str]]) -> int: ...
+
+    def file_uris(
+        self, spec: TableSpec, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> list[str]: ...
+
+    def read_table(
+        self, name: str, *, version: int | None = None, partition: Mapping[str, str] | None = None
+    ) -> DataFrame: ...
+
+    def read(
+        self,
+        spec: TableSpec,
+        *,
+        version: int | None = None,
+        partition: Mapping[str, str] | None = None,
+        allow_extra_columns: bool = False,
+    ) -> DataFrame: ...
+
+    def read_arrow(
+        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
+    ) -> pa.Table: ...
+
+    def write(
+        self,
+        df: DataFrame,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult: ...
+
+    def write_mapped(
+        self,
+        df: DataFrame,
+        task: ArrowTask,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult: ...
+
+    def write_arrow(
+        self,
+        data: pa.Table,
+        spec: TableSpec,
+        *,
+        mode: WriteMode,
+        app_id: str,
+        partition: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> CommitResult: ...
+
+    def stage(
+        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
+        partition: Mapping[str, str] | None = None,
+    ) -> StagedWrite: ...
+
+    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult: ...
+
+    def discard_staged(self, staged: StagedWrite) -> None: ...
+
+
+def check_partition_arg(spec: TableSpec, partition: Mapping[str, str] | None) -> dict[str, str] | None:
+    """``partition`` names exactly the table's partition columns, with valid values (None passes)."""
+    if partition is None:
+        return None
+    if set(partition) != set(spec.partition_by):
+        raise ConfigError(
+            f"table {spec.name!r} is partitioned by {list(spec.partition_by)}; "
+            f"a partition must name exactly those columns, got {sorted(partition)}"
+        )
+    return {k: check_partition_value(spec.name, k, v) for k, v in partition.items()}

@@ -88,8 +88,10 @@ def session(driver_memory: str = "6g"):
 def build_world(spark, root: Path, users: int, items: int, model: dict[str, Any], events_per_user: float,
                 seed: int = 0, run_id: str = "bench") -> World:
     from lime_model.synthetic import random_checkpoint
-    from pipelines import nightly
     from pipelines.sources import write_synthetic
+    from pipelines.stages.context import RunContext
+    from pipelines.stages.extract_histories import extract_histories
+    from pipelines.stages.precompute_candidates import precompute_candidates
     from pipelines.synthetic import SyntheticConfig, item_ids
     from pipelines.tables.delta_rs import DeltaRsStore
 
@@ -99,9 +101,9 @@ def build_world(spark, root: Path, users: int, items: int, model: dict[str, Any]
     _, seconds["generate"] = timed(lambda: write_synthetic(spark, store, cfg))
     ckpt = str(root / "model.ckpt")
     random_checkpoint(ckpt, item_ids(items), seed=seed, **model)
-    ctx = nightly.RunContext.open(spark, store, DS, run_id, ckpt)
-    _, seconds["extract_histories"] = timed(lambda: nightly.extract_histories(ctx, model["max_history"]))
-    _, seconds["precompute_candidates"] = timed(lambda: nightly.precompute_candidates(ctx, "cpu"))
+    ctx = RunContext.open(spark, store, DS, run_id, ckpt)
+    _, seconds["extract_histories"] = timed(lambda: extract_histories(ctx, model["max_history"]))
+    _, seconds["precompute_candidates"] = timed(lambda: precompute_candidates(ctx, "cpu"))
     return World(root, store, ckpt, ctx, users, items, seconds)
 
 
@@ -112,11 +114,12 @@ def warm_users(world: World) -> int:
 
 
 def run_infer(world: World, run_id: str) -> float:
-    from pipelines import nightly
     from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.stages.context import RunContext
+    from pipelines.stages.infer_user_links import infer_user_links
 
-    ctx = nightly.RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
-    _, seconds = timed(lambda: nightly.infer_user_links(ctx, InferenceConfig(world.ckpt, ctx.model_version,
+    ctx = RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
+    _, seconds = timed(lambda: infer_user_links(ctx, InferenceConfig(world.ckpt, ctx.model_version,
                                                                                 device="cpu")))
     return seconds
 
@@ -130,12 +133,13 @@ def stage_steps(world: World, job: str, run_id: str) -> dict[str, float]:
 
 
 def run_score(world: World, run_id: str, **overrides: Any) -> float:
-    from pipelines import nightly
     from pipelines.runtime.scoring_task import ScoringConfig
+    from pipelines.stages.context import RunContext
+    from pipelines.stages.score_topk import score_topk
 
-    ctx = nightly.RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
+    ctx = RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
     cfg = ScoringConfig(world.ckpt, ctx.model_version, top_k=K, device="cpu", **overrides)
-    _, seconds = timed(lambda: nightly.score_topk(ctx, cfg))
+    _, seconds = timed(lambda: score_topk(ctx, cfg))
     return seconds
 
 
@@ -370,9 +374,9 @@ def memory_probe(root: Path) -> None:
     from pipelines.tables.delta_rs import DeltaRsStore
 
     world = World(root, DeltaRsStore(spark, store_root), str(root / "model.ckpt"), None, 0, 0, {})
-    from pipelines import nightly
+    from pipelines.stages.context import RunContext
 
-    world.ctx = nightly.RunContext.open(spark, world.store, DS, "probe", world.ckpt)
+    world.ctx = RunContext.open(spark, world.store, DS, "probe", world.ckpt)
     seconds = run_score(world, f"probe-{time.time_ns()}")
     print(json.dumps({"seconds": seconds, "users": warm_users(world)}))
     spark.stop()

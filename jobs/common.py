@@ -110,7 +110,7 @@ def checkpoint_path(uri: str) -> str:
 
 def open_run(args: argparse.Namespace, app_name: str):
     """Spark session, table store and run context from the common arguments."""
-    from pipelines.nightly import RunContext
+    from pipelines.stages.context import RunContext
     from pipelines.tables import open_lakehouse
     from pipelines.tables.audit import new_run_id
 

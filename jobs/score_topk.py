@@ -47,7 +47,7 @@ def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.nightly import score_topk
+    from pipelines.stages.score_topk import score_topk
 
     args = build_parser().parse_args(argv)
     ctx = open_run(args, "lime-rank score_topk")

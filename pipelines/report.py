@@ -42,7 +42,7 @@ POPULARITY_BUCKETS = 10
 
 
 class CheckLike(Protocol):
-    """A quality check (``pipelines.quality.Check``)."""
+    """A quality check (``pipelines.stages.quality_gate.Check``)."""
 
     @property
     def name(self) -> str: ...

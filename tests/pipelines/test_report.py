@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.quality import Check
 from pipelines.report import (
     ReportData,
     ScoreHistogram,
@@ -22,6 +21,7 @@ from pipelines.report import (
     render_report,
     stages_from_audit,
 )
+from pipelines.stages.quality_gate import Check
 
 T0 = dt.datetime(2024, 1, 6, 2, 0, tzinfo=dt.UTC)
 

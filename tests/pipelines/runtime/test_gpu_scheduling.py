@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from pipelines import nightly
 from pipelines.errors import ConfigError, GpuUnavailableError
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.model_runtime import choose_device
 from pipelines.sources import write_synthetic
+from pipelines.stages.context import RunContext
+from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.infer_user_links import infer_user_links
 from pipelines.synthetic import SyntheticConfig, item_ids
 from pipelines.tables.delta_rs import DeltaRsStore
 from tests.factories import make_checkpoint
@@ -50,9 +52,9 @@ def test_local_cluster_tasks_use_their_assigned_gpu_and_match_local_run(spark, t
     ckpt = tmp_path / "model.ckpt"
     make_checkpoint(ckpt, item_ids(cfg.items), max_history=16)
     ds = "2024-01-05"
-    ctx = nightly.RunContext.open(spark, store, ds, "local-run", str(ckpt))
-    nightly.extract_histories(ctx, 16)
-    local = nightly.infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
+    ctx = RunContext.open(spark, store, ds, "local-run", str(ckpt))
+    extract_histories(ctx, 16)
+    local = infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
 
     out = tmp_path / "cluster.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

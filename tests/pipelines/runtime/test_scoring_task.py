@@ -17,10 +17,6 @@ from pipelines.runtime.partitioning import snake_partition
 from pipelines.runtime.scoring_task import (
     LinkFiles,
     ScoringConfig,
-    ScoringSizes,
-    check_top_k,
-    plan_mode,
-    plan_scoring,
     popular_items,
     popular_items_arrow,
     seen_positions,
@@ -28,6 +24,7 @@ from pipelines.runtime.scoring_task import (
     topk_against,
     topk_rows,
 )
+from pipelines.stages.scoring_plan import ScoringSizes, check_top_k, plan_mode, plan_scoring
 
 
 def test_seen_positions_maps_only_candidates() -> None:

@@ -12,10 +12,14 @@ import torch
 from deltalake import DeltaTable
 
 from lime_model.checkpoint import build_model, load_checkpoint
-from pipelines import nightly
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
 from pipelines.sources import write_synthetic
+from pipelines.stages.context import STAGES, RunContext
+from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.infer_user_links import infer_user_links
+from pipelines.stages.precompute_candidates import precompute_candidates
+from pipelines.stages.score_topk import score_topk
 from pipelines.synthetic import SyntheticConfig, item_ids
 from pipelines.tables.delta_rs import DeltaRsStore
 from tests.factories import make_checkpoint
@@ -36,12 +40,12 @@ def world(spark, tmp_path_factory: pytest.TempPathFactory) -> dict:
     # the model knows 230 of the 250 items: unknown items must be dropped and counted
     ckpt = root / "model.ckpt"
     make_checkpoint(ckpt, item_ids(cfg.items)[:230], max_history=MAX_HISTORY)
-    ctx = nightly.RunContext.open(spark, store, DS, "run-1", str(ckpt))
-    nightly.extract_histories(ctx, MAX_HISTORY)
-    nightly.precompute_candidates(ctx)
-    nightly.infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
+    ctx = RunContext.open(spark, store, DS, "run-1", str(ckpt))
+    extract_histories(ctx, MAX_HISTORY)
+    precompute_candidates(ctx)
+    infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
     scoring = ScoringConfig(str(ckpt), ctx.model_version, top_k=K, candidate_block=64)
-    nightly.score_topk(ctx, scoring)
+    score_topk(ctx, scoring)
     return {"root": root, "store": store, "ckpt": ckpt, "ctx": ctx, "scoring": scoring, "cfg": cfg}
 
 
@@ -120,11 +124,11 @@ def test_cold_users_get_the_popularity_list(world: dict) -> None:
 
 
 def test_sharded_candidates_give_the_same_lists(world: dict, spark) -> None:
-    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-sharded", str(world["ckpt"]))
+    ctx = RunContext.open(spark, world["store"], DS, "run-sharded", str(world["ckpt"]))
     before = written(world)
     sharded = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, candidate_mode="sharded",
                             shards=3, candidate_block=50)
-    result = nightly.score_topk(ctx, sharded)
+    result = score_topk(ctx, sharded)
     assert result.metrics["candidate_mode"] == "sharded" and result.metrics["shards"] == 3
     # the small default world: seen lists broadcast, each task reads one user_links file itself
     assert result.metrics["seen_join"] == "broadcast" and result.metrics["scoring_input"] == "link_files"
@@ -135,10 +139,10 @@ def test_sharded_candidates_give_the_same_lists(world: dict, spark) -> None:
 
 def test_seen_lists_joined_by_a_shuffle_give_the_same_lists(world: dict, spark) -> None:
     """Above seen_broadcast_max_bytes the seen lists are joined by a shuffle and users repartitioned."""
-    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-seen-shuffle", str(world["ckpt"]))
+    ctx = RunContext.open(spark, world["store"], DS, "run-seen-shuffle", str(world["ckpt"]))
     before = written(world)
     cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, seen_broadcast_max_bytes=0)
-    result = nightly.score_topk(ctx, cfg)
+    result = score_topk(ctx, cfg)
     assert result.metrics["seen_join"] == "shuffle"
     assert result.metrics["scoring_input"] == "spark_join"
     assert result.metrics["scoring_partitions"] == 2 * spark.sparkContext.defaultParallelism
@@ -149,8 +153,8 @@ def test_seen_lists_joined_by_a_shuffle_give_the_same_lists(world: dict, spark) 
 
 def test_failing_gate_commits_nothing_and_leaves_no_file(world: dict, spark, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scoring tasks write their rows before the gate runs; a failing gate must drop them."""
-    from pipelines import quality
     from pipelines.errors import QualityGateError
+    from pipelines.stages import quality_gate as quality
     from pipelines.tables.audit import read_audit
 
     real_gate = quality.check_recommendations
@@ -164,9 +168,9 @@ def test_failing_gate_commits_nothing_and_leaves_no_file(world: dict, spark, mon
     uri = world["store"].uri("recommendations")
     version, before = DeltaTable(uri).version(), written(world)
     on_disk = set((Path(uri) / f"ds={DS}").iterdir())
-    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-gate-fails", str(world["ckpt"]))
+    ctx = RunContext.open(spark, world["store"], DS, "run-gate-fails", str(world["ckpt"]))
     with pytest.raises(QualityGateError, match="injected: made to fail"):
-        nightly.score_topk(ctx, world["scoring"])
+        score_topk(ctx, world["scoring"])
     assert DeltaTable(uri).version() == version
     pd.testing.assert_frame_equal(before, written(world))
     assert set((Path(uri) / f"ds={DS}").iterdir()) == on_disk
@@ -188,10 +192,10 @@ def test_rerun_of_same_ds_leaves_identical_content_and_replaces_only_that_partit
     before_version = DeltaTable(uri).version()
     before = written(world)
     other_files = {f for f in DeltaTable(uri).file_uris() if "ds=2024-01-07" in f}
-    ctx = nightly.RunContext.open(spark, store, DS, "run-2", str(world["ckpt"]))
-    nightly.extract_histories(ctx, MAX_HISTORY)
-    nightly.infer_user_links(ctx, InferenceConfig(str(world["ckpt"]), ctx.model_version, device="cpu"))
-    nightly.score_topk(ctx, world["scoring"])
+    ctx = RunContext.open(spark, store, DS, "run-2", str(world["ckpt"]))
+    extract_histories(ctx, MAX_HISTORY)
+    infer_user_links(ctx, InferenceConfig(str(world["ckpt"]), ctx.model_version, device="cpu"))
+    score_topk(ctx, world["scoring"])
     table = DeltaTable(uri)
     assert table.version() == before_version + 1
     pd.testing.assert_frame_equal(before, written(world))
@@ -212,8 +216,8 @@ def _log_actions(uri: str, version: int) -> list[dict]:
 def test_retry_of_the_same_run_is_a_no_op(world: dict, spark) -> None:
     uri = world["store"].uri("recommendations")
     version = DeltaTable(uri).version()
-    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-1", str(world["ckpt"]))
-    result = nightly.score_topk(ctx, world["scoring"])
+    ctx = RunContext.open(spark, world["store"], DS, "run-1", str(world["ckpt"]))
+    result = score_topk(ctx, world["scoring"])
     assert result.skipped
     assert DeltaTable(uri).version() == version
 
@@ -223,7 +227,7 @@ def test_audit_records_every_stage_with_drop_counts(world: dict) -> None:
 
     rows = [r for r in read_audit(world["store"], DS) if r["run_id"] == "run-1"]
     jobs = [r["job"] for r in rows]
-    assert jobs[:4] == list(nightly.STAGES)
+    assert jobs[:4] == list(STAGES)
     extract = rows[0]["metrics"]
     for key in ("events_read", "events_after_ds", "duplicate_events", "unknown_items", "truncated_events"):
         assert key in extract
@@ -248,9 +252,9 @@ def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark
     store.write_arrow(pa.table({"ds": [DS] * len(lists), "user_id": list(lists), "item_ids": list(lists.values())},
                                schema=USER_CANDIDATES.schema), USER_CANDIDATES, mode="overwrite",
                       partition={"ds": DS}, app_id="retrieval")
-    ctx = nightly.RunContext.open(spark, store, DS, "run-lists", str(world["ckpt"]))
+    ctx = RunContext.open(spark, store, DS, "run-lists", str(world["ckpt"]))
     cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, per_user_candidates=True)
-    result = nightly.score_topk(ctx, cfg)
+    result = score_topk(ctx, cfg)
     assert result.metrics["users_with_own_candidates"] == len(lists)
     assert result.metrics["quality"]["users_without_eligible_candidates"] == 1
     got = written(world)
@@ -269,10 +273,10 @@ def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark
 
 def test_seen_items_are_kept_when_not_excluded(world: dict, spark) -> None:
     """--include-seen: tasks reading user_links' files get no seen lists and score every candidate."""
-    ctx = nightly.RunContext.open(spark, world["store"], DS, "run-include-seen", str(world["ckpt"]))
+    ctx = RunContext.open(spark, world["store"], DS, "run-include-seen", str(world["ckpt"]))
     cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, exclude_seen=False)
     try:
-        result = nightly.score_topk(ctx, cfg)
+        result = score_topk(ctx, cfg)
         assert result.metrics["scoring_input"] == "link_files"
         got = written(world)
         model_rows = got[got.source == "model"].reset_index(drop=True)
@@ -283,5 +287,5 @@ def test_seen_items_are_kept_when_not_excluded(world: dict, spark) -> None:
         seen = {(u, int(i)) for u, items in zip(histories.user_id, histories.item_ids, strict=True) for i in items}
         assert any((u, i) in seen for u, i in zip(model_rows.user_id, model_rows.item_id, strict=True))
     finally:  # the other tests read the default lists
-        restore = nightly.RunContext.open(spark, world["store"], DS, "run-restore", str(world["ckpt"]))
-        nightly.score_topk(restore, world["scoring"])
+        restore = RunContext.open(spark, world["store"], DS, "run-restore", str(world["ckpt"]))
+        score_topk(restore, world["scoring"])

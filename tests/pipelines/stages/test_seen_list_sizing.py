@@ -6,10 +6,15 @@ from __future__ import annotations
 import pytest
 from deltalake import DeltaTable
 
-from pipelines import nightly
 from pipelines.runtime.inference_task import InferenceConfig
-from pipelines.runtime.scoring_task import ScoringConfig, seen_lists_bytes
+from pipelines.runtime.scoring_task import ScoringConfig
 from pipelines.sources import write_synthetic
+from pipelines.stages.context import RunContext
+from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.infer_user_links import infer_user_links
+from pipelines.stages.precompute_candidates import precompute_candidates
+from pipelines.stages.score_topk import score_topk
+from pipelines.stages.scoring_plan import seen_lists_bytes
 from pipelines.synthetic import SyntheticConfig, item_ids
 from pipelines.tables.delta_rs import DeltaRsStore
 from tests.factories import make_checkpoint
@@ -27,20 +32,20 @@ def test_seen_list_broadcast_is_sized_from_the_largest_seen_set_not_a_history_wi
     write_synthetic(None, store, cfg)
     ckpt = tmp_path / "model.ckpt"
     make_checkpoint(ckpt, item_ids(cfg.items), max_history=MODEL_WINDOW)
-    ctx = nightly.RunContext.open(spark, store, DS, "run", str(ckpt))
-    nightly.extract_histories(ctx, EXTRACT_WINDOW)
+    ctx = RunContext.open(spark, store, DS, "run", str(ckpt))
+    extract_histories(ctx, EXTRACT_WINDOW)
     histories = DeltaTable(str(store.uri("user_histories"))).to_pandas()
     assert histories.n.max() == EXTRACT_WINDOW and histories.n_seen.max() > EXTRACT_WINDOW + 2
-    nightly.precompute_candidates(ctx, "cpu")
-    nightly.infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
+    precompute_candidates(ctx, "cpu")
+    infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
     # room for every user's list at extract's window (and so at the model's), not at the real seen sets
     window_bound = seen_lists_bytes(len(histories), EXTRACT_WINDOW) + 1
-    result = nightly.score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=5,
+    result = score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=5,
                                                    seen_broadcast_max_bytes=window_bound))
     assert result.metrics["seen_join"] == "shuffle"
     # room for the largest seen set: broadcast
-    ctx = nightly.RunContext.open(spark, store, DS, "run-fits", str(ckpt))
+    ctx = RunContext.open(spark, store, DS, "run-fits", str(ckpt))
     seen_bound = seen_lists_bytes(len(histories), int(histories.n_seen.max()))
-    result = nightly.score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=5,
+    result = score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=5,
                                                    seen_broadcast_max_bytes=seen_bound))
     assert result.metrics["seen_join"] == "broadcast"

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from pipelines import histories as h
 from pipelines.errors import ConfigError, SchemaMismatchError
+from pipelines.stages import history_transforms as h
 
 pytestmark = pytest.mark.spark
 

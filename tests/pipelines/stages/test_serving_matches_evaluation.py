@@ -23,9 +23,13 @@ from lime_model.checkpoint import build_model, load_checkpoint
 from lime_model.data import build_sequences
 from lime_model.datasets import read_interactions
 from lime_model.evaluate import rank_targets
-from pipelines import nightly
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
+from pipelines.stages.context import RunContext
+from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.infer_user_links import infer_user_links
+from pipelines.stages.precompute_candidates import precompute_candidates
+from pipelines.stages.score_topk import score_topk
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import EVENTS, ITEMS
 from tests.factories import make_checkpoint
@@ -65,11 +69,11 @@ def _write_inputs(store: DeltaRsStore) -> None:
 
 
 def _pipeline_lists(spark, store: DeltaRsStore, ckpt: Path) -> dict[int, list[int]]:
-    ctx = nightly.RunContext.open(spark, store, DS, "run-agree", str(ckpt))
-    nightly.extract_histories(ctx, WINDOW)
-    nightly.precompute_candidates(ctx, device="cpu")
-    nightly.infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
-    nightly.score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=K))
+    ctx = RunContext.open(spark, store, DS, "run-agree", str(ckpt))
+    extract_histories(ctx, WINDOW)
+    precompute_candidates(ctx, device="cpu")
+    infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
+    score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=K))
     recs = DeltaTable(store.uri("recommendations")).to_pandas().sort_values(["user_id", "rank"])
     return {int(u): [int(i) for i in g.item_id] for u, g in recs.groupby("user_id")}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipelines.quality import check_recommendations
+from pipelines.stages.quality_gate import check_recommendations
 from pipelines.tables.schemas import RECOMMENDATIONS
 
 pytestmark = pytest.mark.spark

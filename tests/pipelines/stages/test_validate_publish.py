@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from jobs.validate_publish import main, report_location, run_model_version, write_report
+from jobs.validate_publish import main
 from pipelines.errors import ModelVersionMismatchError
+from pipelines.stages.validate_publish import report_location, run_model_version, write_report
 from pipelines.tables.audit import STATUS_PUBLISHED, STATUS_SUCCEEDED, AuditRecord, append_audit, read_audit
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import (

@@ -26,7 +26,6 @@ from lime_model.errors import (
     CheckpointNaNError,
     CheckpointNotFoundError,
 )
-from pipelines import nightly
 from pipelines.errors import (
     ConfigError,
     EmptyCatalogueError,
@@ -40,6 +39,11 @@ from pipelines.errors import (
 )
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
+from pipelines.stages.context import RunContext
+from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.infer_user_links import infer_user_links
+from pipelines.stages.precompute_candidates import precompute_candidates
+from pipelines.stages.score_topk import score_topk
 from pipelines.tables.audit import read_audit
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS, USER_CANDIDATES, USER_HISTORIES, USER_LINKS
@@ -135,12 +139,12 @@ def world(spark, tmp_path_factory: pytest.TempPathFactory) -> World:
     version = make_checkpoint(ckpt, KNOWN, max_history=MAX_HISTORY)
     other_version = make_checkpoint(other, KNOWN, max_history=MAX_HISTORY, seed=1)
     store = DeltaRsStore(spark, lake)
-    ctx = nightly.RunContext.open(spark, store, DS, "good", str(ckpt))
+    ctx = RunContext.open(spark, store, DS, "good", str(ckpt))
     metrics = {
-        "extract": nightly.extract_histories(ctx, MAX_HISTORY).metrics,
-        "precompute": nightly.precompute_candidates(ctx, "cpu").metrics,
-        "infer": nightly.infer_user_links(ctx, InferenceConfig(str(ckpt), version, device="cpu")).metrics,
-        "score": nightly.score_topk(ctx, ScoringConfig(str(ckpt), version, top_k=K)).metrics,
+        "extract": extract_histories(ctx, MAX_HISTORY).metrics,
+        "precompute": precompute_candidates(ctx, "cpu").metrics,
+        "infer": infer_user_links(ctx, InferenceConfig(str(ckpt), version, device="cpu")).metrics,
+        "score": score_topk(ctx, ScoringConfig(str(ckpt), version, top_k=K)).metrics,
     }
     return World(root, store, ckpt, other, version, other_version, metrics)
 
@@ -264,8 +268,8 @@ def overwrite_table(store: DeltaRsStore, name: str, data: pa.Table) -> None:
     write_deltalake(store.uri(name), data, mode="overwrite", schema_mode="overwrite")
 
 
-def open_ctx(spark, store: DeltaRsStore, ckpt: Path, run_id: str = "bad", ds: str = DS) -> nightly.RunContext:
-    return nightly.RunContext.open(spark, store, ds, run_id, str(ckpt))
+def open_ctx(spark, store: DeltaRsStore, ckpt: Path, run_id: str = "bad", ds: str = DS) -> RunContext:
+    return RunContext.open(spark, store, ds, run_id, str(ckpt))
 
 
 def assert_nothing_written(store: DeltaRsStore, before: dict[str, int], error: type[Exception] | None,
@@ -301,7 +305,7 @@ def test_events_schema_drift_is_named(spark, world: World, lake: DeltaRsStore, c
     replace_table(lake, "events", events, ["event_date"])
     before = versions(lake)
     with pytest.raises(SchemaMismatchError, match=match):
-        nightly.extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
+        extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
     assert_nothing_written(lake, before, SchemaMismatchError)
 
 
@@ -309,7 +313,7 @@ def test_missing_events_table(spark, world: World, lake: DeltaRsStore) -> None:
     replace_table(lake, "events", None)
     before = versions(lake)
     with pytest.raises(TableNotFoundError, match=r"table 'events' does not exist \(no Delta log at .*/events\)"):
-        nightly.extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
+        extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
     assert_nothing_written(lake, before, TableNotFoundError)
 
 
@@ -318,7 +322,7 @@ def test_ds_whose_events_have_not_landed_is_refused(spark, world: World, lake: D
     before = versions(lake)
     with pytest.raises(PartitionNotFoundError, match=r"table 'events' has no rows in partition "
                                                      r"event_date=2024-02-01 \(no valid event on that day"):
-        nightly.extract_histories(open_ctx(spark, lake, world.ckpt, ds="2024-02-01"), MAX_HISTORY)
+        extract_histories(open_ctx(spark, lake, world.ckpt, ds="2024-02-01"), MAX_HISTORY)
     assert_nothing_written(lake, before, PartitionNotFoundError, ds="2024-02-01")
 
 
@@ -330,7 +334,7 @@ def test_ds_with_only_invalid_events_is_refused_after_the_scan(spark, world: Wor
     replace_table(lake, "events", events, ["event_date"])
     before = versions(lake)
     with pytest.raises(PartitionNotFoundError, match=r"table 'events' has no rows in partition event_date=2024-01-04"):
-        nightly.extract_histories(open_ctx(spark, lake, world.ckpt, ds=LATER), MAX_HISTORY)
+        extract_histories(open_ctx(spark, lake, world.ckpt, ds=LATER), MAX_HISTORY)
     assert_nothing_written(lake, before, PartitionNotFoundError, ds=LATER)
 
 
@@ -357,7 +361,7 @@ def test_bad_items_catalogue(spark, world: World, lake: DeltaRsStore, items: pa.
     overwrite_table(lake, "items", items)  # a new items version: the candidates must be rebuilt
     before = versions(lake)
     with pytest.raises(error, match=match):
-        nightly.precompute_candidates(open_ctx(spark, lake, world.ckpt), "cpu")
+        precompute_candidates(open_ctx(spark, lake, world.ckpt), "cpu")
     assert_nothing_written(lake, before, error)
 
 
@@ -366,7 +370,7 @@ def test_recreated_items_table_rebuilds_the_candidates(spark, world: World, lake
     cands = lake.version(CANDIDATE_LINK_WEIGHTS)
     replace_table(lake, "items", pa.table({"item_id": pa.array([1000, 1001, 1002], pa.int64())}))
     assert lake.version(ITEMS) == 0 == world.store.version(ITEMS)
-    result = nightly.precompute_candidates(open_ctx(spark, lake, world.ckpt), "cpu")
+    result = precompute_candidates(open_ctx(spark, lake, world.ckpt), "cpu")
     assert not result.skipped and result.metrics["candidates"] == 3
     assert lake.version(CANDIDATE_LINK_WEIGHTS) == cands + 1
     assert sorted(r["item_id"] for r in table(lake, "candidate_link_weights")) == [1000, 1001, 1002]
@@ -376,7 +380,7 @@ def test_missing_items_table(spark, world: World, lake: DeltaRsStore) -> None:
     replace_table(lake, "items", None)
     before = versions(lake)
     with pytest.raises(TableNotFoundError, match=r"table 'items' does not exist"):
-        nightly.precompute_candidates(open_ctx(spark, lake, world.ckpt), "cpu")
+        precompute_candidates(open_ctx(spark, lake, world.ckpt), "cpu")
     assert_nothing_written(lake, before, None)
 
 
@@ -405,7 +409,7 @@ def test_non_finite_candidate_table(spark, world: World, lake: DeltaRsStore, col
     cfg = ScoringConfig(str(world.ckpt), world.version, top_k=K, candidate_mode=mode, shards=2)
     with pytest.raises(NonFiniteValueError, match=rf"table 'candidate_link_weights': column '{column}' holds "
                                                   rf"NaN/inf for item_id {item} \(1 item\(s\) affected\)"):
-        nightly.score_topk(open_ctx(spark, lake, world.ckpt), cfg)
+        score_topk(open_ctx(spark, lake, world.ckpt), cfg)
     assert_nothing_written(lake, before, NonFiniteValueError)
 
 
@@ -414,7 +418,7 @@ def test_candidate_table_retyped_column(spark, world: World, lake: DeltaRsStore)
     before = versions(lake)
     with pytest.raises(SchemaMismatchError, match=r"schema of table 'candidate_link_weights' does not match: "
                                                   r"column 'bias' has type double, expected float(?=\n|$)"):
-        nightly.score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=K))
+        score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=K))
     assert_nothing_written(lake, before, SchemaMismatchError)
 
 
@@ -427,14 +431,14 @@ def test_candidate_table_without_this_model_version(spark, world: World, lake: D
     with pytest.raises(ModelVersionMismatchError,
                        match=rf"table 'candidate_link_weights' has no rows for model_version {world.other_version} "
                              rf"\(it holds \['{world.version}'\]\); run precompute-candidates with this checkpoint"):
-        nightly.score_topk(open_ctx(spark, lake, world.other_ckpt), cfg)
+        score_topk(open_ctx(spark, lake, world.other_ckpt), cfg)
     assert_nothing_written(lake, before, ModelVersionMismatchError)
 
 
 def test_top_k_larger_than_catalogue(spark, world: World, lake: DeltaRsStore) -> None:
     before = versions(lake)
     with pytest.raises(TopKTooLargeError, match=r"^top_k=26 exceeds the 25 candidate\(s\) in candidate_link_weights"):
-        nightly.score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=26))
+        score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=26))
     assert_nothing_written(lake, before, TopKTooLargeError)
 
 
@@ -445,7 +449,7 @@ def test_user_links_of_another_model_version(spark, world: World, lake: DeltaRsS
     with pytest.raises(ModelVersionMismatchError,
                        match=rf"table 'user_links' \(ds={DS}\) holds model_version \['{world.version}'\], but the "
                              rf"checkpoint and candidate_link_weights are {world.other_version}"):
-        nightly.score_topk(open_ctx(spark, lake, world.other_ckpt), cfg)
+        score_topk(open_ctx(spark, lake, world.other_ckpt), cfg)
     assert_nothing_written(lake, before, ModelVersionMismatchError)
 
 
@@ -457,7 +461,7 @@ def test_histories_extracted_with_another_vocabulary(spark, world: World, lake: 
     before = versions(lake)
     with pytest.raises(ModelVersionMismatchError, match=r"user_histories holds item_id 1027, unknown to the model "
                                                         r"vocabulary"):
-        nightly.infer_user_links(open_ctx(spark, lake, world.ckpt), InferenceConfig(str(world.ckpt), world.version,
+        infer_user_links(open_ctx(spark, lake, world.ckpt), InferenceConfig(str(world.ckpt), world.version,
                                                                                      device="cpu"))
     assert_nothing_written(lake, before, ModelVersionMismatchError)
 
@@ -475,7 +479,7 @@ def test_user_histories_of_an_older_schema_are_refused_with_what_to_do(spark, wo
     hint = (r"missing column\(s\) \['n_seen', 'seen_item_ids'\]; user_histories is derived data: drop the table "
             r"\(delete its folder\) and re-run extract-histories")
     with pytest.raises(SchemaMismatchError, match=hint):
-        nightly.extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
+        extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
     assert_nothing_written(lake, before, SchemaMismatchError)
     row = {"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [[at(3)]], "n": [1], "seen_item_ids": [[1027]],
            "n_seen": [1]}
@@ -492,9 +496,9 @@ def test_ds_without_histories(spark, world: World, lake: DeltaRsStore, stage: st
                                                      r"ds=2024-01-02; run extract-histories for ds=2024-01-02 "
                                                      r"first(?=\n|$)"):
         if stage == "infer_user_links":
-            nightly.infer_user_links(ctx, InferenceConfig(str(world.ckpt), world.version, device="cpu"))
+            infer_user_links(ctx, InferenceConfig(str(world.ckpt), world.version, device="cpu"))
         else:
-            nightly.score_topk(ctx, ScoringConfig(str(world.ckpt), world.version, top_k=K))
+            score_topk(ctx, ScoringConfig(str(world.ckpt), world.version, top_k=K))
     assert_nothing_written(lake, before, PartitionNotFoundError, ds="2024-01-02")
 
 
@@ -503,7 +507,7 @@ def test_missing_user_links_partition(spark, world: World, lake: DeltaRsStore) -
     before = versions(lake)
     with pytest.raises(PartitionNotFoundError, match=rf"^table 'user_links' has no rows in partition ds={DS}; run "
                                                      rf"infer-user-links for ds={DS} first(?=\n|$)"):
-        nightly.score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=K))
+        score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=K))
     assert_nothing_written(lake, before, PartitionNotFoundError)
 
 
@@ -514,7 +518,7 @@ def test_user_candidates_retyped_column(spark, world: World, lake: DeltaRsStore)
     cfg = ScoringConfig(str(world.ckpt), world.version, top_k=K, per_user_candidates=True)
     with pytest.raises(SchemaMismatchError, match=r"schema of table 'user_candidates' does not match: column 'item_ids'"
                                                   r" has type list<item: string>, expected list<item: int64>"):
-        nightly.score_topk(open_ctx(spark, lake, world.ckpt), cfg)
+        score_topk(open_ctx(spark, lake, world.ckpt), cfg)
     assert_nothing_written(lake, before, SchemaMismatchError)
 
 
@@ -528,7 +532,7 @@ def test_nan_in_user_links(spark, world: World, lake: DeltaRsStore) -> None:
     with pytest.raises(NonFiniteValueError, match=rf"^table 'user_links': column 'l_p' holds NaN/inf for user_id "
                                                   rf"{links[0]['user_id']} \(1 user\(s\) of this batch "
                                                   r"affected\)(?=\n|$)"):
-        nightly.score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=K))
+        score_topk(open_ctx(spark, lake, world.ckpt), ScoringConfig(str(world.ckpt), world.version, top_k=K))
     assert_nothing_written(lake, before, NonFiniteValueError)
 
 
@@ -575,7 +579,7 @@ def test_checkpoint_swapped_mid_run(spark, world: World, lake: DeltaRsStore, tmp
     with pytest.raises(ModelVersionMismatchError,
                        match=rf"checkpoint .*live.ckpt now holds model_version {world.other_version}, but this run "
                              rf"started with {world.version} \(was the file replaced during the run\?\)"):
-        nightly.infer_user_links(ctx, InferenceConfig(str(path), ctx.model_version, device="cpu"))
+        infer_user_links(ctx, InferenceConfig(str(path), ctx.model_version, device="cpu"))
     assert_nothing_written(lake, before, ModelVersionMismatchError)
 
 

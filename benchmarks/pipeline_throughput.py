@@ -88,12 +88,12 @@ def session(driver_memory: str = "6g"):
 def build_world(spark, root: Path, users: int, items: int, model: dict[str, Any], events_per_user: float,
                 seed: int = 0, run_id: str = "bench") -> World:
     from lime_model.synthetic import random_checkpoint
-    from pipelines.sources import write_synthetic
     from pipelines.stages.context import RunContext
     from pipelines.stages.extract_histories import extract_histories
     from pipelines.stages.precompute_candidates import precompute_candidates
-    from pipelines.synthetic import SyntheticConfig, item_ids
     from pipelines.tables.delta_rs import DeltaRsStore
+    from pipelines.tools.input_tables import write_synthetic
+    from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
 
     cfg = SyntheticConfig(users=users, items=items, days=30, seed=seed, mean_events_per_user=events_per_user)
     store = DeltaRsStore(spark, root / "lakehouse")
@@ -297,10 +297,10 @@ def bench_mllib(spark, profile: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from pipelines.runtime.scoring_task import dot_product_topk
-    from pipelines.sources import write_synthetic
-    from pipelines.synthetic import SyntheticConfig
     from pipelines.tables.delta_rs import DeltaRsStore
     from pipelines.tables.schemas import EVENTS
+    from pipelines.tools.input_tables import write_synthetic
+    from pipelines.tools.synthetic_data import SyntheticConfig
 
     p = profile["mllib"]
     log(f"mllib: {p['users']} users x {p['items']} items, rank {p['rank']}")

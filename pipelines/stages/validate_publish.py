@@ -105,7 +105,6 @@ def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditReco
     """Check recommendations(ds), write the report; the caller publishes if it passed."""
     from pyspark.sql import functions as F
 
-    from pipelines import report as rpt
     from pipelines.errors import PartitionNotFoundError
     from pipelines.stages.quality_gate import Check, QualityReport, check_recommendations
     from pipelines.tables.audit import read_audit
@@ -116,6 +115,7 @@ def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditReco
         USER_HISTORIES,
         USER_LINKS,
     )
+    from pipelines.tools import report as rpt
 
     part = {"ds": cfg.ds}
     version = store.version(RECOMMENDATIONS)

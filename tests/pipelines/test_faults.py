@@ -25,16 +25,16 @@ from deltalake import DeltaTable
 from pipelines.faults import CRASH_EXIT_CODE, FAULT_ENV
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
-from pipelines.sources import write_synthetic
 from pipelines.stages.context import RunContext
 from pipelines.stages.extract_histories import extract_histories
 from pipelines.stages.infer_user_links import infer_user_links
 from pipelines.stages.precompute_candidates import precompute_candidates
 from pipelines.stages.score_topk import score_topk
-from pipelines.synthetic import SyntheticConfig, item_ids
 from pipelines.tables.audit import read_audit
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import RECOMMENDATIONS
+from pipelines.tools.input_tables import write_synthetic
+from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]

@@ -16,12 +16,12 @@ from deltalake import DeltaTable
 from pipelines.errors import ConfigError, GpuUnavailableError
 from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.model_runtime import choose_device
-from pipelines.sources import write_synthetic
 from pipelines.stages.context import RunContext
 from pipelines.stages.extract_histories import extract_histories
 from pipelines.stages.infer_user_links import infer_user_links
-from pipelines.synthetic import SyntheticConfig, item_ids
 from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tools.input_tables import write_synthetic
+from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[3]

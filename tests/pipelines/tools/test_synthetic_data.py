@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.synthetic import USERS_PER_BLOCK, SyntheticConfig, generate_block, generate_items
 from pipelines.tables.schemas import EVENTS, ITEMS
+from pipelines.tools.synthetic_data import USERS_PER_BLOCK, SyntheticConfig, generate_block, generate_items
 
 
 def frame(cfg: SyntheticConfig):
@@ -76,8 +76,8 @@ def test_invalid_config_is_refused(kwargs: dict, match: str) -> None:
 
 @pytest.mark.spark
 def test_spark_generation_equals_driver_generation(spark, lakehouse) -> None:
-    from pipelines.sources import write_synthetic
     from pipelines.tables.delta_rs import DeltaRsStore
+    from pipelines.tools.input_tables import write_synthetic
 
     cfg = SyntheticConfig(users=USERS_PER_BLOCK * 2 + 7, items=300, seed=9, mean_events_per_user=4)
     on_spark = DeltaRsStore(spark, lakehouse / "a")

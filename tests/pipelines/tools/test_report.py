@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.report import (
+from pipelines.stages.quality_gate import Check
+from pipelines.tools.report import (
     ReportData,
     ScoreHistogram,
     SourceCount,
@@ -21,7 +22,6 @@ from pipelines.report import (
     render_report,
     stages_from_audit,
 )
-from pipelines.stages.quality_gate import Check
 
 T0 = dt.datetime(2024, 1, 6, 2, 0, tzinfo=dt.UTC)
 

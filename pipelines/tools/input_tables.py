@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from lime_model.datasets import load_movielens_100k
-from pipelines.synthetic import SyntheticConfig, generate_block, generate_items
 from pipelines.tables.schemas import EVENTS, ITEMS
 from pipelines.tables.store import CommitResult, TableStore, count_text
+from pipelines.tools.synthetic_data import SyntheticConfig, generate_block, generate_items
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

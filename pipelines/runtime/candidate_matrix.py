@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 
 from pipelines.errors import EmptyCatalogueError, NonFiniteValueError
 from pipelines.runtime.model_runtime import load_model, task_device
-from pipelines.tables.input_contracts import INTEGER, require_columns
-from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS
+from pipelines.tables.input_contracts import ITEMS_COLUMNS
+from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, check_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -31,7 +31,7 @@ def catalogue_in_vocabulary(items: DataFrame, vocab_ids: DataFrame) -> DataFrame
     """Distinct catalogue item ids the model knows (``item_id`` bigint)."""
     from pyspark.sql import functions as F
 
-    require_columns("items", items.schema, {"item_id": INTEGER})
+    check_schema("items", items.schema, ITEMS_COLUMNS, allow_extra=True)
     ids = items.select(F.col("item_id").cast("bigint")).where(F.col("item_id").isNotNull()).distinct()
     return ids.join(F.broadcast(vocab_ids.select(F.col("item_id").cast("bigint"))), "item_id", "left_semi")
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.errors import ConfigError, SourceOrderUnavailableError
-from pipelines.tables.input_contracts import INTEGER, TIMESTAMP, require_columns
+from pipelines.tables.input_contracts import EVENTS_COLUMNS
+from pipelines.tables.schemas import check_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -69,7 +70,7 @@ class HistoryConfig:
 
 
 def check_events_schema(events: DataFrame) -> None:
-    require_columns("events", events.schema, {"user_id": INTEGER, "item_id": INTEGER, "ts": TIMESTAMP})
+    check_schema("events", events.schema, EVENTS_COLUMNS, allow_extra=True)
 
 
 def with_source_order(events: DataFrame) -> DataFrame:

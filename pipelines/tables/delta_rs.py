@@ -41,16 +41,14 @@ from pipelines.errors import (
     reraise_task_error,
 )
 from pipelines.tables.parquet_files import MANIFEST_SCHEMA, DataFile, ParquetFileWriter
-from pipelines.tables.schemas import TableSpec
+from pipelines.tables.schemas import TableSpec, check_schema
 from pipelines.tables.store import (
     TXN_VERSION,
     ArrowTask,
     CommitResult,
     StagedWrite,
     WriteMode,
-    check_arrow_schema,
     check_partition_arg,
-    check_spark_schema,
     resolve_root,
 )
 
@@ -136,7 +134,7 @@ class DeltaRsStore:
     def check_schema(self, spec: TableSpec) -> None:
         table = self._load(spec)
         if table is not None:
-            check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=False,
+            check_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=False,
                                hint=spec.outdated_hint)
 
     def delta_table(self, spec: TableSpec, version: int | None = None) -> DeltaTable:
@@ -191,7 +189,7 @@ class DeltaRsStore:
         types (extra columns only with ``allow_extra_columns``).
         """
         schema = self.arrow_schema(spec, version)
-        check_arrow_schema(spec.name, schema, spec.schema, allow_extra=allow_extra_columns, hint=spec.outdated_hint)
+        check_schema(spec.name, schema, spec.schema, allow_extra=allow_extra_columns, hint=spec.outdated_hint)
         return self.read_table(spec.name, version=version, partition=partition)
 
     def read_table(
@@ -232,7 +230,7 @@ class DeltaRsStore:
         if wrong:
             raise ValueError(f"table {spec.name!r}: read_arrow takes data columns of the spec, not {wrong}")
         table = self.delta_table(spec)  # one snapshot for the schema check and the file list
-        check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=True,
+        check_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=True,
                            hint=spec.outdated_hint)
         self.check_file_list_exact(spec, table)
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
@@ -317,7 +315,7 @@ class DeltaRsStore:
         this logical run: if it already committed, nothing is written and the result has
         ``skipped=True``.
         """
-        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
+        check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
         return self._write(df.select(*spec.column_names), None, spec, mode=mode, app_id=app_id,
                            partition=partition, metadata=metadata)
 
@@ -387,7 +385,7 @@ class DeltaRsStore:
         Nothing is visible until :meth:`commit_staged`, which checks the same guards as
         :meth:`write` (including that the partition did not change since this call).
         """
-        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
+        check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
         files, target, state = self._write_files(df.select(*spec.column_names), None, spec, mode=mode,
                                                  partition=partition, snapshot=self._load(spec))
         frame = self._read_files(spec.name, spec.schema, [f"{self.uri(spec.name)}/{f.path}" for f in files])
@@ -416,7 +414,7 @@ class DeltaRsStore:
         metadata: Mapping[str, object] | None = None,
     ) -> CommitResult:
         """Same contract as :meth:`write` for a small Arrow table built on the driver."""
-        check_arrow_schema(spec.name, data.schema, spec.schema, allow_extra=False)
+        check_schema(spec.name, data.schema, spec.schema, allow_extra=False)
         target = check_partition_arg(spec, partition)
         snapshot = self._load(spec)
         if snapshot is not None and snapshot.transaction_version(app_id) is not None:
@@ -514,7 +512,7 @@ class DeltaRsStore:
         """The snapshot about to be committed on: the table's schema is ours, and the partition is
         as the writer last saw it (else another run wrote it meanwhile)."""
         if table is not None:
-            check_arrow_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema,
+            check_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema,
                                allow_extra=False, hint=spec.outdated_hint)
         if expected_partition_state is None:
             return
@@ -603,7 +601,7 @@ def _delta_schema(schema: pa.Schema) -> object:
 
 def _checked(spec: TableSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for batch in batches:
-        check_arrow_schema(spec.name, batch.schema, spec.schema, allow_extra=False)
+        check_schema(spec.name, batch.schema, spec.schema, allow_extra=False)
         yield batch
 
 

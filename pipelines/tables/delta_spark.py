@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipelines.errors import ConfigError, TableError, TableNotFoundError
-from pipelines.tables.schemas import TableSpec
+from pipelines.tables.schemas import TableSpec, check_schema
 from pipelines.tables.store import (
     TXN_VERSION,
     ArrowTask,
@@ -28,7 +28,6 @@ from pipelines.tables.store import (
     StagedWrite,
     WriteMode,
     check_partition_arg,
-    check_spark_schema,
     count_text,
     resolve_root,
 )
@@ -152,7 +151,7 @@ class DeltaSparkStore:
     def check_schema(self, spec: TableSpec) -> None:
         if self._jtable(spec) is not None:
             schema = self.spark.read.format("delta").load(self.uri(spec.name)).schema
-            check_spark_schema(spec.name, schema, spec.spark_schema, allow_extra=False, hint=spec.outdated_hint)
+            check_schema(spec.name, schema, spec.spark_schema, allow_extra=False, hint=spec.outdated_hint)
 
     def _history(self, spec: TableSpec) -> list[HistoryEntry]:
         """The table's commits that carry userMetadata, newest first (empty: no table)."""
@@ -213,7 +212,7 @@ class DeltaSparkStore:
         if version is not None:
             reader = reader.option("versionAsOf", version)
         df = reader.load(self.uri(spec.name))
-        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=allow_extra_columns,
+        check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=allow_extra_columns,
                            hint=spec.outdated_hint)
         return df.where(_equal_to(partition)) if partition else df
 
@@ -234,7 +233,7 @@ class DeltaSparkStore:
         partition: Mapping[str, str] | None = None,
         metadata: Mapping[str, object] | None = None,
     ) -> CommitResult:
-        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
+        check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
         target = check_partition_arg(spec, partition)
         if self.committed_version(spec, app_id) is not None:
             return CommitResult(spec.name, self.version(spec) or 0, 0, 0, skipped=True)
@@ -265,7 +264,7 @@ class DeltaSparkStore:
         :meth:`commit_staged` writes them in one Delta commit."""
         from pyspark import StorageLevel
 
-        check_spark_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
+        check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
         target = check_partition_arg(spec, partition)
         frame = df.select(*spec.column_names).persist(StorageLevel.DISK_ONLY)
         try:

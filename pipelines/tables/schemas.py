@@ -7,16 +7,61 @@ partition values) and come first in the schema.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from pipelines.errors import SchemaMismatchError
+
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+# column -> the type names it may have (Spark ``simpleString`` or Arrow type text)
+ColumnTypes = Mapping[str, tuple[str, ...]]
+
+
+def _arrow_type_name(t: pa.DataType) -> str:
+    """Arrow type text with list field names and item nullability, and large_ variants, normalised."""
+
+    def norm(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return pa.list_(norm(t.value_type))
+        if pa.types.is_large_string(t):
+            return pa.string()
+        return t
+
+    return str(norm(t))
+
+
+def column_types(schema: pa.Schema | StructType) -> dict[str, str]:
+    """Each column's type name: Arrow's type text (see :func:`_arrow_type_name`), or Spark's
+    ``simpleString``, which shows no nullability at any nesting level."""
+    if isinstance(schema, pa.Schema):
+        return {f.name: _arrow_type_name(f.type) for f in schema}
+    return {f.name: f.dataType.simpleString() for f in schema.fields}
+
+
+def check_schema(table: str, actual: pa.Schema | StructType, expected: pa.Schema | StructType | ColumnTypes, *,
+                 allow_extra: bool = False, hint: str = "") -> None:
+    """The one schema check: ``actual`` has every ``expected`` column with its type (or one of the
+    types a :data:`ColumnTypes` contract accepts), and no other column unless ``allow_extra``.
+
+    Both sides are Arrow schemas or both Spark schemas (compared by type name, nullability
+    ignored); raises :class:`SchemaMismatchError` naming every missing, unexpected or retyped
+    column, with ``hint`` (what to do about an existing table's schema) appended.
+    """
+    have = column_types(actual)
+    want = expected if isinstance(expected, Mapping) else {c: (t,) for c, t in column_types(expected).items()}
+    missing = [c for c in want if c not in have]
+    unexpected = [] if allow_extra else [c for c in have if c not in want]
+    wrong = {c: (have[c], " or ".join(types)) for c, types in want.items() if c in have and have[c] not in types}
+    if missing or unexpected or wrong:
+        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pyarrow as pa
 
-from pipelines.errors import ConfigError, LakehouseNotFoundError, SchemaMismatchError
+from pipelines.errors import ConfigError, LakehouseNotFoundError
 from pipelines.tables.parquet_files import DataFile, check_partition_value
 from pipelines.tables.schemas import TableSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-    from pyspark.sql.types import DataType, StructType
 
 WriteMode = Literal["append", "overwrite"]
 # a mapInArrow function: a task's input batches -> the batches it makes
@@ -91,61 +90,6 @@ def check_lakehouse_root(root: str) -> None:
             f"lakehouse {root!r} does not exist or is not a folder; check --lakehouse "
             "(only `lime-rank generate`/`load-movielens` create a lakehouse)"
         )
-
-
-def _simple(dtype: DataType) -> str:
-    return dtype.simpleString()
-
-
-def _types_equal(a: DataType, b: DataType) -> bool:
-    """Spark types equal, ignoring nullability (at every nesting level)."""
-    from pyspark.sql.types import ArrayType, MapType, StructType
-
-    if isinstance(a, ArrayType) and isinstance(b, ArrayType):
-        return _types_equal(a.elementType, b.elementType)
-    if isinstance(a, MapType) and isinstance(b, MapType):
-        return _types_equal(a.keyType, b.keyType) and _types_equal(a.valueType, b.valueType)
-    if isinstance(a, StructType) and isinstance(b, StructType):
-        return len(a.fields) == len(b.fields) and all(
-            fa.name == fb.name and _types_equal(fa.dataType, fb.dataType)
-            for fa, fb in zip(a.fields, b.fields, strict=True)
-        )
-    return a == b
-
-
-def check_spark_schema(table: str, actual: StructType, expected: StructType, *, allow_extra: bool,
-                       hint: str = "") -> None:
-    """Raise :class:`SchemaMismatchError` naming every missing, unexpected or retyped column
-    (``hint``: what to do about it, for an existing table's schema)."""
-    have = {f.name: f.dataType for f in actual.fields}
-    want = {f.name: f.dataType for f in expected.fields}
-    missing = [c for c in want if c not in have]
-    unexpected = [] if allow_extra else [c for c in have if c not in want]
-    wrong = {
-        c: (_simple(have[c]), _simple(t)) for c, t in want.items() if c in have and not _types_equal(have[c], t)
-    }
-    if missing or unexpected or wrong:
-        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
-
-
-def check_arrow_schema(table: str, actual: pa.Schema, expected: pa.Schema, *, allow_extra: bool,
-                       hint: str = "") -> None:
-    """Arrow flavour of :func:`check_spark_schema` (nullability and field names of lists ignored)."""
-
-    def norm(t: pa.DataType) -> pa.DataType:
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return pa.list_(norm(t.value_type))
-        if pa.types.is_large_string(t):
-            return pa.string()
-        return t
-
-    have = {f.name: norm(f.type) for f in actual}
-    want = {f.name: norm(f.type) for f in expected}
-    missing = [c for c in want if c not in have]
-    unexpected = [] if allow_extra else [c for c in have if c not in want]
-    wrong = {c: (str(have[c]), str(t)) for c, t in want.items() if c in have and have[c] != t}
-    if missing or unexpected or wrong:
-        raise SchemaMismatchError(table, missing, unexpected, wrong, hint)
 
 
 class TableStore(Protocol):

@@ -25,9 +25,19 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipelines.errors import ConfigError, ModelVersionMismatchError, PartitionNotFoundError
+from pipelines.stages.quality_gate import Check, QualityReport, check_recommendations
+from pipelines.tables.audit import STATUS_PUBLISHED, STATUS_SKIPPED, AuditRecord, audited, latest_success, read_audit
+from pipelines.tables.schemas import (
+    CANDIDATE_LINK_WEIGHTS,
+    RECOMMENDATIONS,
+    USER_CANDIDATES,
+    USER_HISTORIES,
+    USER_LINKS,
+)
+from pipelines.tools import report as rpt
+
 if TYPE_CHECKING:
-    from pipelines.stages.quality_gate import QualityReport
-    from pipelines.tables.audit import AuditRecord
     from pipelines.tables.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -46,8 +56,6 @@ class PublishConfig:
     user_candidates: bool = False
 
     def __post_init__(self) -> None:
-        from pipelines.errors import ConfigError
-
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if not self.run_id:
@@ -81,9 +89,6 @@ def write_report(root: str, ds: str, text: str) -> str:
 
 def run_model_version(audit_rows: list[dict[str, object]], run_id: str, recs_versions: list[str]) -> str:
     """The model version this run scored with (audit of score_topk), else the only one in the rows."""
-    from pipelines.errors import ModelVersionMismatchError
-    from pipelines.tables.audit import latest_success
-
     scored = latest_success(audit_rows, "score_topk", run_id) or latest_success(audit_rows, "score_topk")
     if scored is not None and scored.get("model_version"):
         return str(scored["model_version"])
@@ -95,8 +100,6 @@ def run_model_version(audit_rows: list[dict[str, object]], run_id: str, recs_ver
 
 
 def already_published(audit_rows: list[dict[str, object]], cfg: PublishConfig, version: int) -> bool:
-    from pipelines.tables.audit import STATUS_PUBLISHED
-
     return any(r["job"] == JOB and r["run_id"] == cfg.run_id and r["status"] == STATUS_PUBLISHED
                and r["table_version"] == version for r in audit_rows)
 
@@ -104,18 +107,6 @@ def already_published(audit_rows: list[dict[str, object]], cfg: PublishConfig, v
 def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditRecord) -> QualityReport:
     """Check recommendations(ds), write the report; the caller publishes if it passed."""
     from pyspark.sql import functions as F
-
-    from pipelines.errors import PartitionNotFoundError
-    from pipelines.stages.quality_gate import Check, QualityReport, check_recommendations
-    from pipelines.tables.audit import read_audit
-    from pipelines.tables.schemas import (
-        CANDIDATE_LINK_WEIGHTS,
-        RECOMMENDATIONS,
-        USER_CANDIDATES,
-        USER_HISTORIES,
-        USER_LINKS,
-    )
-    from pipelines.tools import report as rpt
 
     part = {"ds": cfg.ds}
     version = store.version(RECOMMENDATIONS)
@@ -175,14 +166,10 @@ def provisional(record: AuditRecord) -> dict[str, object]:
             "finished_at": dt.datetime.now(dt.UTC), "metrics": {}}
 
 
-
 def validate_publish(store: TableStore, cfg: PublishConfig) -> AuditRecord:
     """Gate ``recommendations(ds)``, write the run report, and append the ``published`` audit row
     only if every check passed (:class:`QualityGateError` otherwise).  A retry of the same run
     that already published the same table version does nothing more (status ``skipped``)."""
-    from pipelines.tables.audit import STATUS_PUBLISHED, STATUS_SKIPPED, audited, read_audit
-    from pipelines.tables.schemas import RECOMMENDATIONS
-
     with audited(store, JOB, cfg.ds, cfg.run_id) as record:
         version = store.version(RECOMMENDATIONS)
         if version is not None and already_published(read_audit(store, cfg.ds), cfg, version):

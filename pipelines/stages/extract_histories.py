@@ -7,7 +7,7 @@ from pipelines.errors import PartitionNotFoundError
 from pipelines.stages.context import EXTRACT_HISTORIES, RunContext, StageResult, already_done, finish, timed
 from pipelines.tables.audit import audited
 from pipelines.tables.schemas import USER_HISTORIES
-from pipelines.tables.store import CommitResult
+from pipelines.tables.store import CommitResult, WriteRequest
 
 
 def require_events_on_ds(ctx: RunContext, events_on_ds: int) -> None:
@@ -71,9 +71,9 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
                     "events", {"event_date": f"<= {ctx.ds}"},
                     hint=f" with usable ids up to the end of ds={ctx.ds} ({drops['events_read']} row(s) read)",
                 )
-            commit = timed(record, "write", lambda: ctx.store.write(
-                h.to_histories(per_user, cfg), USER_HISTORIES, mode="overwrite", partition={"ds": ctx.ds},
-                app_id=app_id, metadata={"model_version": ctx.model_version, "max_history": max_history}))
+            request = WriteRequest(USER_HISTORIES, "overwrite", app_id, partition={"ds": ctx.ds},
+                                   metadata={"model_version": ctx.model_version, "max_history": max_history})
+            commit = timed(record, "write", lambda: ctx.store.write(h.to_histories(per_user, cfg), request))
         finally:
             per_user.unpersist()
         assert isinstance(commit, CommitResult)

@@ -16,7 +16,7 @@ from pipelines.stages.context import (
 )
 from pipelines.tables.audit import audited
 from pipelines.tables.schemas import USER_HISTORIES, USER_LINKS
-from pipelines.tables.store import CommitResult
+from pipelines.tables.store import CommitResult, WriteRequest
 
 if TYPE_CHECKING:
     from pipelines.runtime.inference_task import InferenceConfig
@@ -36,9 +36,10 @@ def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
         records = ctx.spark.sparkContext.accumulator([], TaskRecords())
         partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
         users = inference_input(histories, partitions)
+        request = WriteRequest(USER_LINKS, "overwrite", app_id, partition={"ds": ctx.ds},
+                               metadata={"model_version": ctx.model_version})
         commit = timed(record, "infer_and_write", lambda: ctx.store.write_mapped(
-            users, inference_task(cfg, ctx.ds, records), USER_LINKS, mode="overwrite", partition={"ds": ctx.ds},
-            app_id=app_id, metadata={"model_version": ctx.model_version}))
+            users, inference_task(cfg, ctx.ds, records), request))
         assert isinstance(commit, CommitResult)
         tasks = sorted(records.value, key=lambda r: (r["partition"], r["attempt"]))
         record.count("users", sum(int(t["users"]) for t in tasks))

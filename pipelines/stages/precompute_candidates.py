@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipelines.stages.context import PRECOMPUTE_CANDIDATES, RunContext, StageResult, already_done, finish, timed
 from pipelines.tables.audit import audited
 from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS
-from pipelines.tables.store import CommitResult
+from pipelines.tables.store import CommitResult, WriteRequest
 
 
 def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
@@ -46,9 +46,10 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
             rows = candidate_rows(ids.repartition(max(1, min(ctx.spark.sparkContext.defaultParallelism,
                                                             catalogue // 4096 + 1))),
                                   ctx.checkpoint_path, ctx.model_version, device)
-            commit = timed(record, "write", lambda: ctx.store.write(
-                rows, CANDIDATE_LINK_WEIGHTS, mode="overwrite", partition={"model_version": ctx.model_version},
-                app_id=app_id, metadata={"items_version": items_version}))
+            request = WriteRequest(CANDIDATE_LINK_WEIGHTS, "overwrite", app_id,
+                                   partition={"model_version": ctx.model_version},
+                                   metadata={"items_version": items_version})
+            commit = timed(record, "write", lambda: ctx.store.write(rows, request))
         finally:
             ids.unpersist()
         assert isinstance(commit, CommitResult)

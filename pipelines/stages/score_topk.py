@@ -31,7 +31,7 @@ from pipelines.tables.schemas import (
     USER_HISTORIES,
     USER_LINKS,
 )
-from pipelines.tables.store import CommitResult
+from pipelines.tables.store import CommitResult, WriteRequest
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -206,8 +206,9 @@ def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord,
     staged = None
     try:
         try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
-            staged = timed(record, "score", lambda: ctx.store.stage(
-                recs, RECOMMENDATIONS, mode="overwrite", app_id=ctx.app_id(SCORE_TOPK), partition={"ds": ctx.ds}))
+            request = WriteRequest(RECOMMENDATIONS, "overwrite", ctx.app_id(SCORE_TOPK), partition={"ds": ctx.ds},
+                                   metadata={"model_version": ctx.model_version, "top_k": cfg.top_k})
+            staged = timed(record, "score", lambda: ctx.store.stage(recs, request))
             frame = staged.frame
             report = timed(record, "gate", lambda: check_recommendations(
                 frame, inputs.histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
@@ -221,8 +222,7 @@ def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord,
         report.raise_if_failed()
         # from here the files are the commit's: a failed commit leaves them unreferenced, not deleted
         to_commit, staged = staged, None
-        return timed(record, "commit", lambda: ctx.store.commit_staged(
-            to_commit, metadata={"model_version": ctx.model_version, "top_k": cfg.top_k}))
+        return timed(record, "commit", lambda: ctx.store.commit_staged(to_commit))
     finally:
         if staged is not None:  # the scoring or the gate failed: nothing of this run stays
             ctx.store.discard_staged(staged)

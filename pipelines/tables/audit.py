@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import RUN_AUDIT
-from pipelines.tables.store import TableStore, count_text
+from pipelines.tables.store import TableStore, WriteRequest, count_text
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def new_run_id() -> str:
 def append_audit(store: TableStore, record: AuditRecord) -> None:
     """Append the record (its own one-row commit, keyed so a retry of the append adds nothing)."""
     app_id = f"audit:{record.job}:{record.ds}:{record.run_id}:{record.status}:{uuid.uuid4().hex[:8]}"
-    store.write_arrow(record.to_arrow(), RUN_AUDIT, mode="append", app_id=app_id)
+    store.write_arrow(record.to_arrow(), WriteRequest(RUN_AUDIT, "append", app_id))
 
 
 @contextmanager

@@ -48,6 +48,7 @@ from pipelines.tables.store import (
     CommitResult,
     StagedWrite,
     WriteMode,
+    WriteRequest,
     check_partition_arg,
     resolve_root,
 )
@@ -135,7 +136,7 @@ class DeltaRsStore:
         table = self._load(spec)
         if table is not None:
             check_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=False,
-                               hint=spec.outdated_hint)
+                         hint=spec.outdated_hint)
 
     def delta_table(self, spec: TableSpec, version: int | None = None) -> DeltaTable:
         table = self._load(spec, version)
@@ -231,7 +232,7 @@ class DeltaRsStore:
             raise ValueError(f"table {spec.name!r}: read_arrow takes data columns of the spec, not {wrong}")
         table = self.delta_table(spec)  # one snapshot for the schema check and the file list
         check_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema, allow_extra=True,
-                           hint=spec.outdated_hint)
+                     hint=spec.outdated_hint)
         self.check_file_list_exact(spec, table)
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
         wanted = pa.schema([spec.data_schema.field(c) for c in columns])
@@ -298,75 +299,41 @@ class DeltaRsStore:
         return total
 
     # -- writes -----------------------------------------------------------------------------
-    def write(
-        self,
-        df: DataFrame,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult:
-        """Write ``df`` in one atomic commit.
-
-        ``mode='overwrite'`` with ``partition`` replaces that one partition (replaceWhere
-        semantics); without ``partition`` it replaces the whole table.  ``app_id`` names
-        this logical run: if it already committed, nothing is written and the result has
-        ``skipped=True``.
-        """
+    def write(self, df: DataFrame, request: WriteRequest) -> CommitResult:
+        """Write ``df`` in one atomic commit (:class:`WriteRequest` says where and how)."""
+        spec = request.spec
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        return self._write(df.select(*spec.column_names), None, spec, mode=mode, app_id=app_id,
-                           partition=partition, metadata=metadata)
+        return self._write(df.select(*spec.column_names), None, request)
 
-    def write_mapped(
-        self,
-        df: DataFrame,
-        task: ArrowTask,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult:
+    def write_mapped(self, df: DataFrame, task: ArrowTask, request: WriteRequest) -> CommitResult:
         """Like :meth:`write` for the rows ``df.mapInArrow(task, spec)`` would give, but each task
         writes the batches its ``task`` makes straight to its files: the rows never pass through
         the JVM (for ``L_P``, hundreds of MB converted twice).  Every batch must have ``spec``'s
         Arrow schema."""
-        return self._write(df, task, spec, mode=mode, app_id=app_id, partition=partition, metadata=metadata)
+        return self._write(df, task, request)
 
-    def _write(
-        self,
-        df: DataFrame,
-        task: ArrowTask | None,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None,
-        metadata: Mapping[str, object] | None,
-    ) -> CommitResult:
-        check_partition_arg(spec, partition)  # a bad partition is an error even for a retried write
+    def _write(self, df: DataFrame, task: ArrowTask | None, request: WriteRequest) -> CommitResult:
+        spec, app_id = request.spec, request.app_id
+        check_partition_arg(spec, request.partition)  # a bad partition is an error even for a retried write
         snapshot = self._load(spec)
         if snapshot is not None:
             done = snapshot.transaction_version(app_id)
             if done is not None:
                 log.info("%s: app id %s already committed; nothing to do", spec.name, app_id)
                 return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
-        files, target, state = self._write_files(df, task, spec, mode=mode, partition=partition, snapshot=snapshot)
-        return self.commit(spec, files, mode=mode, app_id=app_id, partition=target,
-                           expected_partition_state=state, metadata=metadata)
+        files, checked, state = self._write_files(df, task, request, snapshot=snapshot)
+        return self.commit(checked, files, expected_partition_state=state)
 
     def _write_files(
-        self, df: DataFrame, task: ArrowTask | None, spec: TableSpec, *, mode: WriteMode,
-        partition: Mapping[str, str] | None, snapshot: DeltaTable | None,
-    ) -> tuple[list[DataFile], dict[str, str] | None, frozenset[str] | None]:
-        """Run the Spark job whose tasks write the data files: (files, partition, partition state)."""
+        self, df: DataFrame, task: ArrowTask | None, request: WriteRequest, *, snapshot: DeltaTable | None,
+    ) -> tuple[list[DataFile], WriteRequest, frozenset[str] | None]:
+        """Run the Spark job whose tasks write the data files: (files, the request with its partition
+        checked, partition state)."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        target = check_partition_arg(spec, partition)
-        state = self.partition_state(snapshot, target) if mode == "overwrite" else None
+        checked = request.with_checked_partition()
+        spec = request.spec
+        state = self.partition_state(snapshot, checked.partition) if request.mode == "overwrite" else None
         writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix())
         manifest = df.mapInArrow(_manifest_task(writer, task), from_arrow_schema(MANIFEST_SCHEMA))
         try:
@@ -374,52 +341,40 @@ class DeltaRsStore:
         except Exception as exc:
             reraise_task_error(exc)
             raise
-        return [DataFile.from_row(row.asDict()) for row in rows], target, state
+        return [DataFile.from_row(row.asDict()) for row in rows], checked, state
 
-    def stage(
-        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
-        partition: Mapping[str, str] | None = None,
-    ) -> StagedWrite:
+    def stage(self, df: DataFrame, request: WriteRequest) -> StagedWrite:
         """Write ``df``'s rows to data files without committing them (one Spark job).
 
         Nothing is visible until :meth:`commit_staged`, which checks the same guards as
         :meth:`write` (including that the partition did not change since this call).
         """
+        spec = request.spec
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        files, target, state = self._write_files(df.select(*spec.column_names), None, spec, mode=mode,
-                                                 partition=partition, snapshot=self._load(spec))
+        files, checked, state = self._write_files(df.select(*spec.column_names), None, request,
+                                                  snapshot=self._load(spec))
         frame = self._read_files(spec.name, spec.schema, [f"{self.uri(spec.name)}/{f.path}" for f in files])
-        return StagedWrite(spec, mode, app_id, target, frame, tuple(files), state)
+        return StagedWrite(checked, frame, tuple(files), state)
 
-    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult:
-        return self.commit(staged.spec, staged.files, mode=staged.mode, app_id=staged.app_id,
-                           partition=staged.partition, expected_partition_state=staged.partition_state,
-                           metadata=metadata)
+    def commit_staged(self, staged: StagedWrite) -> CommitResult:
+        return self.commit(staged.request, staged.files, expected_partition_state=staged.partition_state)
 
     def discard_staged(self, staged: StagedWrite) -> None:
         """Delete the staged files (never referenced by the log); a file already gone is fine."""
-        fs, root = pafs.FileSystem.from_uri(self.uri(staged.spec.name))
+        fs, root = pafs.FileSystem.from_uri(self.uri(staged.request.spec.name))
         for f in staged.files:
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(f"{root}/{f.path}")
 
-    def write_arrow(
-        self,
-        data: pa.Table,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult:
+    def write_arrow(self, data: pa.Table, request: WriteRequest) -> CommitResult:
         """Same contract as :meth:`write` for a small Arrow table built on the driver."""
+        spec = request.spec
         check_schema(spec.name, data.schema, spec.schema, allow_extra=False)
-        target = check_partition_arg(spec, partition)
+        checked = request.with_checked_partition()
         snapshot = self._load(spec)
-        if snapshot is not None and snapshot.transaction_version(app_id) is not None:
+        if snapshot is not None and snapshot.transaction_version(request.app_id) is not None:
             return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
-        seen = self.partition_state(snapshot, target) if mode == "overwrite" else None
+        seen = self.partition_state(snapshot, checked.partition) if request.mode == "overwrite" else None
         writer = ParquetFileWriter(self.uri(spec.name), spec, self._file_prefix() + "-driver")
         data = data.select(spec.column_names).cast(spec.schema)
         files = [
@@ -427,8 +382,7 @@ class DeltaRsStore:
             for batch in writer(data.to_batches())
             for row in batch.to_pylist()
         ]
-        return self.commit(spec, files, mode=mode, app_id=app_id, partition=target,
-                           expected_partition_state=seen, metadata=metadata)
+        return self.commit(checked, files, expected_partition_state=seen)
 
     @staticmethod
     def _file_prefix() -> str:
@@ -450,21 +404,13 @@ class DeltaRsStore:
             if v is not None and all(v.get(k) == want for k, want in partition.items())
         )
 
-    def commit(
-        self,
-        spec: TableSpec,
-        files: Sequence[DataFile],
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None,
-        expected_partition_state: frozenset[str] | None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult:
-        """Check the guards, then commit ``files`` as ONE Delta version."""
+    def commit(self, request: WriteRequest, files: Sequence[DataFile], *,
+               expected_partition_state: frozenset[str] | None) -> CommitResult:
+        """Check the guards, then commit ``files`` as ONE Delta version (``request.partition`` as given)."""
         from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction, CommitProperties, Transaction
 
+        spec, mode, app_id, partition = request.spec, request.mode, request.app_id, request.partition
         faults.commit_point(spec.name)  # no-op unless $LIME_RANK_FAULT names this table (tests)
         uri = self.uri(spec.name)
         _check_files_to_commit(spec.name, uri, files, mode, partition)
@@ -474,7 +420,7 @@ class DeltaRsStore:
         ]
         rows = sum(f.num_records for f in files)
         custom: dict[str, object] = {"lime_rank.app_id": app_id, "lime_rank.rows": rows}
-        custom.update({f"lime_rank.{k}": v for k, v in (metadata or {}).items()})
+        custom.update({f"lime_rank.{k}": v for k, v in (request.metadata or {}).items()})
         props = CommitProperties(
             custom_metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in custom.items()},
             app_transactions=[Transaction(app_id, TXN_VERSION)],
@@ -513,7 +459,7 @@ class DeltaRsStore:
         as the writer last saw it (else another run wrote it meanwhile)."""
         if table is not None:
             check_schema(spec.name, pa.schema(table.schema().to_arrow()), spec.schema,
-                               allow_extra=False, hint=spec.outdated_hint)
+                         allow_extra=False, hint=spec.outdated_hint)
         if expected_partition_state is None:
             return
         if self.partition_state(table, partition) != expected_partition_state:

@@ -26,7 +26,7 @@ from pipelines.tables.store import (
     ArrowTask,
     CommitResult,
     StagedWrite,
-    WriteMode,
+    WriteRequest,
     check_partition_arg,
     count_text,
     resolve_root,
@@ -213,7 +213,7 @@ class DeltaSparkStore:
             reader = reader.option("versionAsOf", version)
         df = reader.load(self.uri(spec.name))
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=allow_extra_columns,
-                           hint=spec.outdated_hint)
+                     hint=spec.outdated_hint)
         return df.where(_equal_to(partition)) if partition else df
 
     def read_arrow(
@@ -223,23 +223,16 @@ class DeltaSparkStore:
         wanted = pa.schema([spec.schema.field(c) for c in columns])
         return self.read(spec, partition=partition).select(*columns).toArrow().cast(wanted)
 
-    def write(
-        self,
-        df: DataFrame,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult:
+    def write(self, df: DataFrame, request: WriteRequest) -> CommitResult:
+        spec, mode, app_id = request.spec, request.mode, request.app_id
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        target = check_partition_arg(spec, partition)
+        target = check_partition_arg(spec, request.partition)
         if self.committed_version(spec, app_id) is not None:
             return CommitResult(spec.name, self.version(spec) or 0, 0, 0, skipped=True)
         # the table's own schema too: Delta's mismatch error would not say what to do about it
         self.check_schema(spec)
-        user_meta = {"lime_rank.app_id": app_id, **{f"lime_rank.{k}": v for k, v in (metadata or {}).items()}}
+        user_meta = {"lime_rank.app_id": app_id,
+                     **{f"lime_rank.{k}": v for k, v in (request.metadata or {}).items()}}
         writer = (
             df.select(*spec.column_names).write.format("delta").mode(mode)
             .option("txnAppId", app_id).option("txnVersion", TXN_VERSION)
@@ -256,60 +249,37 @@ class DeltaSparkStore:
                  count_text(result.files), count_text(result.rows), app_id)
         return result
 
-    def stage(
-        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
-        partition: Mapping[str, str] | None = None,
-    ) -> StagedWrite:
+    def stage(self, df: DataFrame, request: WriteRequest) -> StagedWrite:
         """The rows computed once and persisted on local disk (memory does not grow with them);
         :meth:`commit_staged` writes them in one Delta commit."""
         from pyspark import StorageLevel
 
+        spec = request.spec
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        target = check_partition_arg(spec, partition)
+        checked = request.with_checked_partition()
         frame = df.select(*spec.column_names).persist(StorageLevel.DISK_ONLY)
         try:
             frame.count()
         except Exception:
             frame.unpersist()
             raise
-        return StagedWrite(spec, mode, app_id, target, frame)
+        return StagedWrite(checked, frame)
 
-    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult:
+    def commit_staged(self, staged: StagedWrite) -> CommitResult:
         try:
-            return self.write(staged.frame, staged.spec, mode=staged.mode, app_id=staged.app_id,
-                              partition=staged.partition, metadata=metadata)
+            return self.write(staged.frame, staged.request)
         finally:
             staged.frame.unpersist()
 
     def discard_staged(self, staged: StagedWrite) -> None:
         staged.frame.unpersist()
 
-    def write_mapped(
-        self,
-        df: DataFrame,
-        task: ArrowTask,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult:
+    def write_mapped(self, df: DataFrame, task: ArrowTask, request: WriteRequest) -> CommitResult:
         """delta-spark writes rows from the JVM: ``df.mapInArrow(task)`` goes through :meth:`write`."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        return self.write(df.mapInArrow(task, from_arrow_schema(spec.schema)), spec, mode=mode, app_id=app_id,
-                          partition=partition, metadata=metadata)
+        return self.write(df.mapInArrow(task, from_arrow_schema(request.spec.schema)), request)
 
-    def write_arrow(
-        self,
-        data: pa.Table,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult:
-        df = self.spark.createDataFrame(data.select(spec.column_names).cast(spec.schema))
-        return self.write(df, spec, mode=mode, app_id=app_id, partition=partition, metadata=metadata)
+    def write_arrow(self, data: pa.Table, request: WriteRequest) -> CommitResult:
+        spec = request.spec
+        return self.write(self.spark.createDataFrame(data.select(spec.column_names).cast(spec.schema)), request)

@@ -33,7 +33,7 @@ from pipelines.errors import ConfigError, PartitionNotFoundError, UnsupportedOnE
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.parquet_files import DataFile
 from pipelines.tables.schemas import TableSpec
-from pipelines.tables.store import ENGINE_ENV, CommitResult, TableStore, check_partition_arg
+from pipelines.tables.store import ENGINE_ENV, CommitResult, TableStore, WriteRequest, check_partition_arg
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,8 @@ def rollback_partition(store: TableStore, spec: TableSpec, partition: Mapping[st
         raise PartitionNotFoundError(spec.name, target, hint=f" at version {to_version}: nothing to roll back to")
     app_id = (f"rollback:{spec.name}:{','.join(f'{k}={v}' for k, v in sorted(target.items()))}"
               f":to=v{to_version}:from=v{current.version()}")
-    result = store.commit(spec, files, mode="overwrite", app_id=app_id, partition=target,
-                          expected_partition_state=store.partition_state(current, target),
-                          metadata={"rollback_to_version": to_version})
+    request = WriteRequest(spec, "overwrite", app_id, partition=target, metadata={"rollback_to_version": to_version})
+    result = store.commit(request, files, expected_partition_state=store.partition_state(current, target))
     log.info("rolled %s %s back to version %d as version %d (%d file(s), %d row(s))", spec.name, target,
              to_version, result.version, result.files, result.rows)
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -50,20 +50,40 @@ def count_text(count: int | None) -> str:
 
 
 @dataclass(frozen=True)
-class StagedWrite:
-    """Rows written but not committed (:meth:`TableStore.stage`): no reader sees them until
-    :meth:`TableStore.commit_staged`; :meth:`TableStore.discard_staged` drops them.
+class WriteRequest:
+    """One write to a table, whatever the engine and whatever the rows come as (DataFrame, task
+    output, Arrow table, staged files).
 
-    ``frame`` reads the staged rows (the table's columns), e.g. for a quality gate before the
-    commit.  delta-rs: ``files`` are the Parquet files written, outside the Delta log, and
-    ``partition_state`` the partition's files when staging began (the commit refuses if
-    another writer changed them).  delta-spark: ``frame`` is the rows persisted on local disk.
+    ``mode='overwrite'`` with ``partition`` replaces that one partition (replaceWhere
+    semantics); without ``partition`` it replaces the whole table.  ``app_id`` names the
+    logical run: if it already committed, nothing is written and the result has
+    ``skipped=True``.  ``metadata`` is recorded in the commit, each key as ``lime_rank.<key>``.
     """
 
     spec: TableSpec
     mode: WriteMode
     app_id: str
-    partition: dict[str, str] | None
+    partition: Mapping[str, str] | None = None
+    metadata: Mapping[str, object] | None = None
+
+    def with_checked_partition(self) -> WriteRequest:
+        """This request with its partition checked and normalised (:func:`check_partition_arg`)."""
+        return replace(self, partition=check_partition_arg(self.spec, self.partition))
+
+
+@dataclass(frozen=True)
+class StagedWrite:
+    """Rows written but not committed (:meth:`TableStore.stage`): no reader sees them until
+    :meth:`TableStore.commit_staged`; :meth:`TableStore.discard_staged` drops them.
+
+    ``request`` is the write they belong to, its partition checked.  ``frame`` reads the staged
+    rows (the table's columns), e.g. for a quality gate before the commit.  delta-rs: ``files``
+    are the Parquet files written, outside the Delta log, and ``partition_state`` the
+    partition's files when staging began (the commit refuses if another writer changed them).
+    delta-spark: ``frame`` is the rows persisted on local disk.
+    """
+
+    request: WriteRequest
     frame: DataFrame
     files: tuple[DataFile, ...] = ()
     partition_state: frozenset[str] | None = None
@@ -141,46 +161,15 @@ class TableStore(Protocol):
         self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
     ) -> pa.Table: ...
 
-    def write(
-        self,
-        df: DataFrame,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult: ...
+    def write(self, df: DataFrame, request: WriteRequest) -> CommitResult: ...
 
-    def write_mapped(
-        self,
-        df: DataFrame,
-        task: ArrowTask,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult: ...
+    def write_mapped(self, df: DataFrame, task: ArrowTask, request: WriteRequest) -> CommitResult: ...
 
-    def write_arrow(
-        self,
-        data: pa.Table,
-        spec: TableSpec,
-        *,
-        mode: WriteMode,
-        app_id: str,
-        partition: Mapping[str, str] | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> CommitResult: ...
+    def write_arrow(self, data: pa.Table, request: WriteRequest) -> CommitResult: ...
 
-    def stage(
-        self, df: DataFrame, spec: TableSpec, *, mode: WriteMode, app_id: str,
-        partition: Mapping[str, str] | None = None,
-    ) -> StagedWrite: ...
+    def stage(self, df: DataFrame, request: WriteRequest) -> StagedWrite: ...
 
-    def commit_staged(self, staged: StagedWrite, metadata: Mapping[str, object] | None = None) -> CommitResult: ...
+    def commit_staged(self, staged: StagedWrite) -> CommitResult: ...
 
     def discard_staged(self, staged: StagedWrite) -> None: ...
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from lime_model.datasets import load_movielens_100k
 from pipelines.tables.schemas import EVENTS, ITEMS
-from pipelines.tables.store import CommitResult, TableStore, count_text
+from pipelines.tables.store import CommitResult, TableStore, WriteRequest, count_text
 from pipelines.tools.synthetic_data import SyntheticConfig, generate_block, generate_items
 
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ def write_synthetic(spark: SparkSession | None, store: TableStore, cfg: Syntheti
     one (tests, tiny worlds) on the driver.  Same content either way.
     """
     app = f"generate:seed={cfg.seed}:users={cfg.users}:items={cfg.items}:days={cfg.days}"
-    items = store.write_arrow(generate_items(cfg), ITEMS, mode="overwrite", app_id=f"{app}:items:{_nonce()}")
+    items = store.write_arrow(generate_items(cfg), WriteRequest(ITEMS, "overwrite", f"{app}:items:{_nonce()}"))
     if spark is None:
         table = pa.concat_tables(generate_block(cfg, b) for b in range(cfg.blocks))
-        events = store.write_arrow(table, EVENTS, mode="overwrite", app_id=f"{app}:events:{_nonce()}")
+        events = store.write_arrow(table, WriteRequest(EVENTS, "overwrite", f"{app}:events:{_nonce()}"))
     else:
         from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -57,7 +57,7 @@ def write_synthetic(spark: SparkSession | None, store: TableStore, cfg: Syntheti
         df = spark.range(0, cfg.blocks, numPartitions=parallelism).mapInArrow(
             _generate_task(cfg), from_arrow_schema(EVENTS.schema)
         )
-        events = store.write(df, EVENTS, mode="overwrite", app_id=f"{app}:events:{_nonce()}")
+        events = store.write(df, WriteRequest(EVENTS, "overwrite", f"{app}:events:{_nonce()}"))
     log.info("synthetic world: %d users, %d items, %s events (%s .. %s)",
              cfg.users, cfg.items, count_text(events.rows), cfg.start, cfg.last_day)
     return SourceWrite(events, items, cfg.start, cfg.last_day)
@@ -90,8 +90,8 @@ def write_movielens(store: TableStore, cache_dir: Path | None = None) -> SourceW
     """Replace ``events`` and ``items`` with MovieLens-100K (fetched and verified at run time)."""
     events_table, items_table = movielens_tables(cache_dir)
     nonce = _nonce()
-    items = store.write_arrow(items_table, ITEMS, mode="overwrite", app_id=f"load-movielens:items:{nonce}")
-    events = store.write_arrow(events_table, EVENTS, mode="overwrite", app_id=f"load-movielens:events:{nonce}")
+    items = store.write_arrow(items_table, WriteRequest(ITEMS, "overwrite", f"load-movielens:items:{nonce}"))
+    events = store.write_arrow(events_table, WriteRequest(EVENTS, "overwrite", f"load-movielens:events:{nonce}"))
     days = events_table.column("event_date")
     first = dt.date.fromisoformat(min(days.to_pylist()))
     last = dt.date.fromisoformat(max(days.to_pylist()))

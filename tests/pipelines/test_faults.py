@@ -33,6 +33,7 @@ from pipelines.stages.score_topk import score_topk
 from pipelines.tables.audit import read_audit
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import RECOMMENDATIONS
+from pipelines.tables.store import WriteRequest
 from pipelines.tools.input_tables import write_synthetic
 from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint
@@ -251,8 +252,9 @@ def test_rollback_restores_one_partition_and_leaves_the_others(world: World, spa
     other_day = pa.Table.from_pylist([{"ds": "2024-01-02", "user_id": 1, "rank": 1, "item_id": 1003, "score": 1.0,
                                        "model_version": ctx.model_version, "source": "model"}],
                                      schema=RECOMMENDATIONS.schema)
-    world.store.write_arrow(other_day, RECOMMENDATIONS, mode="overwrite", partition={"ds": "2024-01-02"},
-                            app_id="another-day")  # a later run of another ds landed after the bad one
+    # a later run of another ds landed after the bad one
+    world.store.write_arrow(other_day,
+                            WriteRequest(RECOMMENDATIONS, "overwrite", "another-day", partition={"ds": "2024-01-02"}))
     assert len(rows_of(uri)) == 2 * len(world.recs) // K
 
     # the documented command: lime-rank rollback

@@ -47,6 +47,7 @@ from pipelines.stages.score_topk import score_topk
 from pipelines.tables.audit import read_audit
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS, USER_CANDIDATES, USER_HISTORIES, USER_LINKS
+from pipelines.tables.store import WriteRequest
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark
@@ -425,7 +426,7 @@ def test_candidate_table_retyped_column(spark, world: World, lake: DeltaRsStore)
 def test_candidate_table_without_this_model_version(spark, world: World, lake: DeltaRsStore) -> None:
     links = DeltaTable(lake.uri("user_links")).to_pyarrow_table()  # links as if inferred with the other model
     links = links.set_column(1, "model_version", pa.array([world.other_version] * links.num_rows))
-    lake.write_arrow(links, USER_LINKS, mode="overwrite", partition={"ds": DS}, app_id="other-model-links")
+    lake.write_arrow(links, WriteRequest(USER_LINKS, "overwrite", "other-model-links", partition={"ds": DS}))
     before = versions(lake)
     cfg = ScoringConfig(str(world.other_ckpt), world.other_version, top_k=K)
     with pytest.raises(ModelVersionMismatchError,
@@ -457,7 +458,7 @@ def test_histories_extracted_with_another_vocabulary(spark, world: World, lake: 
     ts = [at(3)]
     lake.write_arrow(pa.table({"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [ts], "n": [1],
                                "seen_item_ids": [[1027]], "n_seen": [1]}, schema=USER_HISTORIES.schema),
-                     USER_HISTORIES, mode="overwrite", partition={"ds": DS}, app_id="foreign-histories")
+                     WriteRequest(USER_HISTORIES, "overwrite", "foreign-histories", partition={"ds": DS}))
     before = versions(lake)
     with pytest.raises(ModelVersionMismatchError, match=r"user_histories holds item_id 1027, unknown to the model "
                                                         r"vocabulary"):
@@ -484,8 +485,8 @@ def test_user_histories_of_an_older_schema_are_refused_with_what_to_do(spark, wo
     row = {"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [[at(3)]], "n": [1], "seen_item_ids": [[1027]],
            "n_seen": [1]}
     with pytest.raises(SchemaMismatchError, match=hint):
-        lake.write_arrow(pa.table(row, schema=USER_HISTORIES.schema), USER_HISTORIES, mode="overwrite",
-                         partition={"ds": DS}, app_id="after-upgrade")
+        lake.write_arrow(pa.table(row, schema=USER_HISTORIES.schema),
+                         WriteRequest(USER_HISTORIES, "overwrite", "after-upgrade", partition={"ds": DS}))
 
 
 @pytest.mark.parametrize("stage", ["infer_user_links", "score_topk"])

@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.errors import ConfigError, SchemaMismatchError
 from pipelines.stages import history_transforms as h
+from pipelines.tables.store import WriteRequest
 
 pytestmark = pytest.mark.spark
 
@@ -97,7 +98,7 @@ def test_a_table_read_carries_each_rows_file_and_row_index(spark, store) -> None
     table = pa.table({"event_date": ["2024-03-05", "2024-03-05", "2024-03-06"], "user_id": [1, 1, 1],
                       "item_id": [12, 11, 13], "ts": pa.array([at, at, at], pa.timestamp("us", tz="UTC"))},
                      schema=EVENTS.schema)
-    store.write_arrow(table, EVENTS, mode="overwrite", app_id="events")
+    store.write_arrow(table, WriteRequest(EVENTS, "overwrite", "events"))
     read = h.with_source_order(store.read_table("events"))
     rows = sorted(read.select("item_id", h.SOURCE_FILE, h.SOURCE_ROW).collect(), key=lambda r: r.item_id)
     assert [(r.item_id, r[h.SOURCE_ROW]) for r in rows] == [(11, 1), (12, 0), (13, 0)]

@@ -20,6 +20,7 @@ from pipelines.stages.infer_user_links import infer_user_links
 from pipelines.stages.precompute_candidates import precompute_candidates
 from pipelines.stages.score_topk import score_topk
 from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.store import WriteRequest
 from pipelines.tools.input_tables import write_synthetic
 from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint
@@ -188,7 +189,7 @@ def test_rerun_of_same_ds_leaves_identical_content_and_replaces_only_that_partit
     from pipelines.tables.schemas import RECOMMENDATIONS
 
     store.write_arrow(pa.Table.from_pandas(other, schema=RECOMMENDATIONS.schema, preserve_index=False),
-                      RECOMMENDATIONS, mode="overwrite", partition={"ds": "2024-01-07"}, app_id="other-day")
+                      WriteRequest(RECOMMENDATIONS, "overwrite", "other-day", partition={"ds": "2024-01-07"}))
     before_version = DeltaTable(uri).version()
     before = written(world)
     other_files = {f for f in DeltaTable(uri).file_uris() if "ds=2024-01-07" in f}
@@ -250,8 +251,8 @@ def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark
     lists = {int(u): [int(x) for x in rng.choice(known, size=12, replace=False)] + [999_999] for u in warm}
     lists[int(warm[0])] = [999_999]  # nothing scorable: that user gets no row, and the gate allows it
     store.write_arrow(pa.table({"ds": [DS] * len(lists), "user_id": list(lists), "item_ids": list(lists.values())},
-                               schema=USER_CANDIDATES.schema), USER_CANDIDATES, mode="overwrite",
-                      partition={"ds": DS}, app_id="retrieval")
+                               schema=USER_CANDIDATES.schema),
+                      WriteRequest(USER_CANDIDATES, "overwrite", "retrieval", partition={"ds": DS}))
     ctx = RunContext.open(spark, store, DS, "run-lists", str(world["ckpt"]))
     cfg = ScoringConfig(str(world["ckpt"]), ctx.model_version, top_k=K, per_user_candidates=True)
     result = score_topk(ctx, cfg)

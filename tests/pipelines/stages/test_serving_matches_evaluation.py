@@ -32,6 +32,7 @@ from pipelines.stages.precompute_candidates import precompute_candidates
 from pipelines.stages.score_topk import score_topk
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import EVENTS, ITEMS
+from pipelines.tables.store import WriteRequest
 from tests.factories import make_checkpoint
 
 pytestmark = pytest.mark.spark
@@ -63,9 +64,9 @@ def _write_inputs(store: DeltaRsStore) -> None:
         "item_id": [i for _, i, _ in EVENTS_IN_SOURCE_ORDER],
         "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
     }, schema=EVENTS.schema)
-    store.write_arrow(events, EVENTS, mode="overwrite", app_id="events")
+    store.write_arrow(events, WriteRequest(EVENTS, "overwrite", "events"))
     store.write_arrow(pa.table({"item_id": CATALOGUE, "title": [None] * len(CATALOGUE)}, schema=ITEMS.schema),
-                      ITEMS, mode="overwrite", app_id="items")
+                      WriteRequest(ITEMS, "overwrite", "items"))
 
 
 def _pipeline_lists(spark, store: DeltaRsStore, ckpt: Path) -> dict[int, list[int]]:

@@ -24,6 +24,7 @@ from pipelines.tables.schemas import (
     USER_LINKS,
     TableSpec,
 )
+from pipelines.tables.store import WriteRequest
 
 DS = "2024-01-05"
 RUN = "scheduled__2024-01-05T02:00:00+00:00"
@@ -39,7 +40,7 @@ GOOD_RECS = [
 
 
 def _write(store: DeltaRsStore, spec: TableSpec, rows: list[dict[str, object]], app: str) -> None:
-    store.write_arrow(pa.Table.from_pylist(rows, schema=spec.schema), spec, mode="append", app_id=app)
+    store.write_arrow(pa.Table.from_pylist(rows, schema=spec.schema), WriteRequest(spec, "append", app))
 
 
 def _recs(rows: list[tuple[int, int, int, float, str]], mv: str = MV) -> list[dict[str, object]]:

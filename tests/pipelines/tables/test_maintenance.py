@@ -14,6 +14,7 @@ from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.delta_spark import DeltaSparkStore
 from pipelines.tables.maintenance import rollback_partition
 from pipelines.tables.schemas import RECOMMENDATIONS
+from pipelines.tables.store import WriteRequest
 
 
 def recs(ds: str, users: range, score: float = 1.0) -> pa.Table:
@@ -26,9 +27,9 @@ def recs(ds: str, users: range, score: float = 1.0) -> pa.Table:
 
 def two_runs_of_one_day(store: DeltaRsStore) -> None:
     """Version 0: the good run of 2024-01-01; version 1: a bad run replaced it."""
-    store.write_arrow(recs("2024-01-01", range(3)), RECOMMENDATIONS, mode="append", app_id="good")
-    store.write_arrow(recs("2024-01-01", range(2), score=-9.0), RECOMMENDATIONS, mode="overwrite",
-                      partition={"ds": "2024-01-01"}, app_id="bad")
+    store.write_arrow(recs("2024-01-01", range(3)), WriteRequest(RECOMMENDATIONS, "append", "good"))
+    store.write_arrow(recs("2024-01-01", range(2), score=-9.0),
+                      WriteRequest(RECOMMENDATIONS, "overwrite", "bad", partition={"ds": "2024-01-01"}))
 
 
 def test_rollback_restores_the_partition_of_a_plain_table(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from pipelines.tables.delta_rs import DeltaRsStore, normalised_uri
 from pipelines.tables.schemas import RECOMMENDATIONS
+from pipelines.tables.store import WriteRequest
 
 
 def recs(ds: str, users: range) -> pa.Table:
@@ -29,7 +30,7 @@ def test_commit_reports_its_own_version_when_another_writer_commits_right_after(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = DeltaRsStore(None, tmp_path)
     uri = store.uri(RECOMMENDATIONS.name)
-    store.write_arrow(recs("2024-01-01", range(3)), RECOMMENDATIONS, mode="append", app_id="first")  # version 0
+    store.write_arrow(recs("2024-01-01", range(3)), WriteRequest(RECOMMENDATIONS, "append", "first"))  # version 0
     commit = DeltaTable.create_write_transaction
 
     def commit_then_race(self: DeltaTable, *args: object, **kwargs: object) -> None:
@@ -37,7 +38,7 @@ def test_commit_reports_its_own_version_when_another_writer_commits_right_after(
         another_writer_appends(uri)  # lands between our commit and anything we read back
 
     monkeypatch.setattr(DeltaTable, "create_write_transaction", commit_then_race)
-    result = store.write_arrow(recs("2024-01-02", range(3, 5)), RECOMMENDATIONS, mode="append", app_id="mine")
+    result = store.write_arrow(recs("2024-01-02", range(3, 5)), WriteRequest(RECOMMENDATIONS, "append", "mine"))
     assert DeltaTable(uri).version() == 2  # the other writer's commit
     assert (result.version, result.rows, result.files) == (1, 2, 1)
     assert DeltaTable(uri).history()[1]["lime_rank.app_id"] == "mine"  # version 1 is ours indeed
@@ -54,7 +55,7 @@ def test_table_creation_reports_version_0_when_another_writer_commits_right_afte
         another_writer_appends(uri)
 
     monkeypatch.setattr(deltalake.transaction, "create_table_with_add_actions", create_then_race)
-    result = store.write_arrow(recs("2024-01-01", range(3)), RECOMMENDATIONS, mode="append", app_id="mine")
+    result = store.write_arrow(recs("2024-01-01", range(3)), WriteRequest(RECOMMENDATIONS, "append", "mine"))
     assert (DeltaTable(uri).version(), result.version) == (1, 0)
 
 

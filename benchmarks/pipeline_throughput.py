@@ -79,7 +79,7 @@ class World:
 
 
 def session(driver_memory: str = "6g"):
-    from pipelines.spark import SparkSettings, build_spark_session
+    from pipelines.runtime.spark_session import SparkSettings, build_spark_session
 
     return build_spark_session(SparkSettings(master="local[2]", app_name="lime-rank-bench", shuffle_partitions=4,
                                              driver_memory=driver_memory))
@@ -88,10 +88,12 @@ def session(driver_memory: str = "6g"):
 def build_world(spark, root: Path, users: int, items: int, model: dict[str, Any], events_per_user: float,
                 seed: int = 0, run_id: str = "bench") -> World:
     from lime_model.synthetic import random_checkpoint
-    from pipelines import nightly
-    from pipelines.lakehouse import DeltaRsStore
-    from pipelines.sources import write_synthetic
-    from pipelines.synthetic import SyntheticConfig, item_ids
+    from pipelines.stages.context import RunContext
+    from pipelines.stages.extract_histories import extract_histories
+    from pipelines.stages.precompute_candidates import precompute_candidates
+    from pipelines.tables.delta_rs import DeltaRsStore
+    from pipelines.tools.input_tables import write_synthetic
+    from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
 
     cfg = SyntheticConfig(users=users, items=items, days=30, seed=seed, mean_events_per_user=events_per_user)
     store = DeltaRsStore(spark, root / "lakehouse")
@@ -99,43 +101,45 @@ def build_world(spark, root: Path, users: int, items: int, model: dict[str, Any]
     _, seconds["generate"] = timed(lambda: write_synthetic(spark, store, cfg))
     ckpt = str(root / "model.ckpt")
     random_checkpoint(ckpt, item_ids(items), seed=seed, **model)
-    ctx = nightly.RunContext.open(spark, store, DS, run_id, ckpt)
-    _, seconds["extract_histories"] = timed(lambda: nightly.extract_histories(ctx, model["max_history"]))
-    _, seconds["precompute_candidates"] = timed(lambda: nightly.precompute_candidates(ctx, "cpu"))
+    ctx = RunContext.open(spark, store, DS, run_id, ckpt)
+    _, seconds["extract_histories"] = timed(lambda: extract_histories(ctx, model["max_history"]))
+    _, seconds["precompute_candidates"] = timed(lambda: precompute_candidates(ctx, "cpu"))
     return World(root, store, ckpt, ctx, users, items, seconds)
 
 
 def warm_users(world: World) -> int:
-    from pipelines.schemas import USER_LINKS
+    from pipelines.tables.schemas import USER_LINKS
 
     return world.store.partition_rows(USER_LINKS, {"ds": DS})
 
 
 def run_infer(world: World, run_id: str) -> float:
-    from pipelines import nightly
-    from pipelines.inference import InferenceConfig
+    from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.stages.context import RunContext
+    from pipelines.stages.infer_user_links import infer_user_links
 
-    ctx = nightly.RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
-    _, seconds = timed(lambda: nightly.infer_user_links(ctx, InferenceConfig(world.ckpt, ctx.model_version,
+    ctx = RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
+    _, seconds = timed(lambda: infer_user_links(ctx, InferenceConfig(world.ckpt, ctx.model_version,
                                                                                 device="cpu")))
     return seconds
 
 
 def stage_steps(world: World, job: str, run_id: str) -> dict[str, float]:
     """The ``seconds_*`` timings a stage wrote to ``run_audit`` (e.g. score_topk: score, gate, write)."""
-    from pipelines.audit import read_audit
+    from pipelines.tables.audit import read_audit
 
     [metrics] = [r["metrics"] for r in read_audit(world.store, DS) if r["job"] == job and r["run_id"] == run_id]
     return {k.removeprefix("seconds_"): round(v, 3) for k, v in metrics.items() if k.startswith("seconds_")}
 
 
 def run_score(world: World, run_id: str, **overrides: Any) -> float:
-    from pipelines import nightly
-    from pipelines.scoring import ScoringConfig
+    from pipelines.runtime.scoring_task import ScoringConfig
+    from pipelines.stages.context import RunContext
+    from pipelines.stages.score_topk import score_topk
 
-    ctx = nightly.RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
+    ctx = RunContext.open(world.ctx.spark, world.store, DS, run_id, world.ckpt)
     cfg = ScoringConfig(world.ckpt, ctx.model_version, top_k=K, device="cpu", **overrides)
-    _, seconds = timed(lambda: nightly.score_topk(ctx, cfg))
+    _, seconds = timed(lambda: score_topk(ctx, cfg))
     return seconds
 
 
@@ -148,9 +152,9 @@ def raw_torch_loop(world: World) -> tuple[dict[str, float], int]:
 
     from lime_model.checkpoint import build_model, load_checkpoint
     from lime_model.inference import encode_histories
-    from pipelines.candidates import candidate_matrix
-    from pipelines.inference import histories_to_inputs
-    from pipelines.scoring import CANDIDATE_BLOCK, seen_positions, topk_against
+    from pipelines.runtime.candidate_matrix import candidate_matrix
+    from pipelines.runtime.inference_task import histories_to_inputs
+    from pipelines.runtime.scoring_task import CANDIDATE_BLOCK, seen_positions, topk_against
 
     ckpt = load_checkpoint(world.ckpt)
     model = build_model(ckpt)
@@ -229,7 +233,7 @@ def naive_topk(world: World) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
-    from pipelines.schemas import CANDIDATE_LINK_WEIGHTS, USER_HISTORIES, USER_LINKS
+    from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, USER_HISTORIES, USER_LINKS
 
     ckpt_path, version = world.ckpt, world.ctx.model_version
     links = world.store.read(USER_LINKS, partition={"ds": DS}).select("user_id", "l_p")
@@ -240,7 +244,7 @@ def naive_topk(world: World) -> Any:
     def score(l_p: pd.Series, w: pd.Series, t: pd.Series, b: pd.Series) -> pd.Series:
         import torch
 
-        from pipelines.model_runtime import load_model
+        from pipelines.runtime.model_runtime import load_model
 
         model = load_model(ckpt_path, version, torch.device("cpu"))
         cfg = model.config
@@ -292,11 +296,11 @@ def bench_mllib(spark, profile: dict[str, Any], tmp: Path) -> dict[str, Any]:
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
-    from pipelines.lakehouse import DeltaRsStore
-    from pipelines.schemas import EVENTS
-    from pipelines.scoring import dot_product_topk
-    from pipelines.sources import write_synthetic
-    from pipelines.synthetic import SyntheticConfig
+    from pipelines.runtime.scoring_task import dot_product_topk
+    from pipelines.tables.delta_rs import DeltaRsStore
+    from pipelines.tables.schemas import EVENTS
+    from pipelines.tools.input_tables import write_synthetic
+    from pipelines.tools.synthetic_data import SyntheticConfig
 
     p = profile["mllib"]
     log(f"mllib: {p['users']} users x {p['items']} items, rank {p['rank']}")
@@ -367,12 +371,12 @@ def memory_probe(root: Path) -> None:
     """(subprocess) Score one prepared lakehouse; the parent measures this process tree's peak memory."""
     spark = session(driver_memory=PROBE_DRIVER_MEMORY)
     store_root = root / "lakehouse"
-    from pipelines.lakehouse import DeltaRsStore
+    from pipelines.tables.delta_rs import DeltaRsStore
 
     world = World(root, DeltaRsStore(spark, store_root), str(root / "model.ckpt"), None, 0, 0, {})
-    from pipelines import nightly
+    from pipelines.stages.context import RunContext
 
-    world.ctx = nightly.RunContext.open(spark, world.store, DS, "probe", world.ckpt)
+    world.ctx = RunContext.open(spark, world.store, DS, "probe", world.ckpt)
     seconds = run_score(world, f"probe-{time.time_ns()}")
     print(json.dumps({"seconds": seconds, "users": warm_users(world)}))
     spark.stop()
@@ -423,7 +427,7 @@ def bench_scale(spark, profile: dict[str, Any], tmp: Path) -> list[dict[str, Any
         world = build_world(spark, root, users, items, MODEL_LIGHT, profile["events_per_user"], run_id="scale")
         world.seconds["infer_user_links"] = run_infer(world, "scale")
         world.seconds["score_topk"] = run_score(world, "scale")
-        from pipelines.audit import read_audit
+        from pipelines.tables.audit import read_audit
 
         audit = {r["job"]: r["metrics"] for r in read_audit(world.store, DS) if r["run_id"] == "scale"}
         row = {"users": users, "items": items, "model": MODEL_LIGHT,

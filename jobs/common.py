@@ -62,7 +62,7 @@ def add_spark_args(parser: argparse.ArgumentParser) -> None:
 
 
 def spark_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
-    from pipelines.spark import SparkSettings, build_spark_session
+    from pipelines.runtime.spark_session import SparkSettings, build_spark_session
 
     conf: dict[str, str] = {}
     for item in args.spark_conf:
@@ -110,9 +110,9 @@ def checkpoint_path(uri: str) -> str:
 
 def open_run(args: argparse.Namespace, app_name: str):
     """Spark session, table store and run context from the common arguments."""
-    from pipelines.audit import new_run_id
-    from pipelines.lakehouse import open_lakehouse
-    from pipelines.nightly import RunContext
+    from pipelines.stages.context import RunContext
+    from pipelines.tables import open_lakehouse
+    from pipelines.tables.audit import new_run_id
 
     ckpt = checkpoint_path(args.checkpoint)
     from lime_model.checkpoint import load_checkpoint
@@ -125,7 +125,7 @@ def open_run(args: argparse.Namespace, app_name: str):
 
 def report_stage(result) -> None:
     """One line for the operator: what the stage did."""
-    from pipelines.lakehouse import count_text
+    from pipelines.tables.store import count_text
 
     if result.skipped:
         print(f"{result.stage} ds={result.ds}: nothing to do ({result.metrics.get('skipped_reason', 'skipped')})")

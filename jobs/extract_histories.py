@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.histories import HistoryConfig
-    from pipelines.nightly import extract_histories
+    from pipelines.stages.extract_histories import extract_histories
+    from pipelines.stages.history_transforms import HistoryConfig
 
     args = build_parser().parse_args(argv)
     HistoryConfig(ds=args.ds, max_history=args.max_history)  # validate before starting Spark

@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.lakehouse import count_text, open_lakehouse
-    from pipelines.sources import write_synthetic
-    from pipelines.synthetic import SyntheticConfig
+    from pipelines.tables import open_lakehouse
+    from pipelines.tables.store import count_text
+    from pipelines.tools.input_tables import write_synthetic
+    from pipelines.tools.synthetic_data import SyntheticConfig
 
     args = build_parser().parse_args(argv)
     cfg = SyntheticConfig(users=args.users, items=args.items, days=args.days, seed=args.seed,

@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.inference import InferenceConfig
-    from pipelines.nightly import infer_user_links
+    from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.stages.infer_user_links import infer_user_links
 
     args = build_parser().parse_args(argv)
     ctx = open_run(args, "lime-rank infer_user_links")

@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.lakehouse import DeltaRsStore
-    from pipelines.sources import write_movielens
+    from pipelines.tables.delta_rs import DeltaRsStore
+    from pipelines.tools.input_tables import write_movielens
 
     args = build_parser().parse_args(argv)
     # 100k rows: written from the driver through delta-rs, no Spark session needed

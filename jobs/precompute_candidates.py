@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.nightly import precompute_candidates
+    from pipelines.stages.precompute_candidates import precompute_candidates
 
     args = build_parser().parse_args(argv)
     ctx = open_run(args, "lime-rank precompute_candidates")

@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.audit import AuditRecord, append_audit, new_run_id
-    from pipelines.lakehouse import check_lakehouse_root
-    from pipelines.maintenance import rollback_partition, rollback_store
-    from pipelines.schemas import ALL_TABLES
+    from pipelines.tables.audit import AuditRecord, append_audit, new_run_id
+    from pipelines.tables.maintenance import rollback_partition, rollback_store
+    from pipelines.tables.schemas import ALL_TABLES
+    from pipelines.tables.store import check_lakehouse_root
 
     args = build_parser().parse_args(argv)
     store = rollback_store(args.lakehouse)

@@ -26,22 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines import nightly
-    from pipelines.histories import HistoryConfig
-    from pipelines.inference import InferenceConfig
-    from pipelines.scoring import check_top_k
+    from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.stages.extract_histories import extract_histories
+    from pipelines.stages.history_transforms import HistoryConfig
+    from pipelines.stages.infer_user_links import infer_user_links
+    from pipelines.stages.precompute_candidates import catalogue_size, precompute_candidates
+    from pipelines.stages.score_topk import score_topk
+    from pipelines.stages.scoring_plan import check_top_k
 
     args = build_parser().parse_args(argv)
     HistoryConfig(ds=args.ds, max_history=args.max_history)
     ctx = open_run(args, "lime-rank run")
     scoring = scoring_config(args, ctx.checkpoint_path, ctx.model_version)
     # before stage 1, not after three committed stages
-    check_top_k(scoring.top_k, nightly.catalogue_size(ctx), "of table 'items' known to the model")
-    report_stage(nightly.extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds))
-    report_stage(nightly.precompute_candidates(ctx, args.inference_device))
-    report_stage(nightly.infer_user_links(ctx, InferenceConfig(
+    check_top_k(scoring.top_k, catalogue_size(ctx), "of table 'items' known to the model")
+    report_stage(extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds))
+    report_stage(precompute_candidates(ctx, args.inference_device))
+    report_stage(infer_user_links(ctx, InferenceConfig(
         checkpoint=ctx.checkpoint_path, model_version=ctx.model_version, device=args.inference_device)))
-    report_stage(nightly.score_topk(ctx, scoring))
+    report_stage(score_topk(ctx, scoring))
     return 0
 
 

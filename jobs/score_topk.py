@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str):
-    from pipelines.scoring import ScoringConfig
+    from pipelines.runtime.scoring_task import ScoringConfig
 
     return ScoringConfig(checkpoint=checkpoint, model_version=model_version, top_k=args.top_k,
                          exclude_seen=not args.include_seen, candidate_mode=args.candidate_mode,
@@ -47,7 +47,7 @@ def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str
 
 
 def _main(argv: list[str] | None) -> int:
-    from pipelines.nightly import score_topk
+    from pipelines.stages.score_topk import score_topk
 
     args = build_parser().parse_args(argv)
     ctx = open_run(args, "lime-rank score_topk")

@@ -17,7 +17,7 @@ from jobs.common import add_lakehouse_arg, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.maintenance import MIN_RETENTION_HOURS
+    from pipelines.tables.maintenance import MIN_RETENTION_HOURS
 
     parser = argparse.ArgumentParser(prog="lime-rank vacuum", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,8 +37,9 @@ def _main(argv: list[str] | None) -> int:
 
     from deltalake import DeltaTable
 
-    from pipelines.lakehouse import DeltaRsStore, check_lakehouse_root
-    from pipelines.maintenance import vacuum_table
+    from pipelines.tables.delta_rs import DeltaRsStore
+    from pipelines.tables.maintenance import vacuum_table
+    from pipelines.tables.store import check_lakehouse_root
 
     args = build_parser().parse_args(argv)
     store = DeltaRsStore(None, args.lakehouse)

@@ -13,7 +13,7 @@ os.environ.setdefault("LIME_RANK_SPARK_LOG_LEVEL", "ERROR")
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
-    from pipelines.spark import SparkSettings, build_spark_session
+    from pipelines.runtime.spark_session import SparkSettings, build_spark_session
 
     session = build_spark_session(
         SparkSettings(master="local[2]", app_name="lime-rank-tests", shuffle_partitions=4,
@@ -32,6 +32,6 @@ def lakehouse(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(spark: object, lakehouse: Path):
-    from pipelines.lakehouse import DeltaRsStore
+    from pipelines.tables.delta_rs import DeltaRsStore
 
     return DeltaRsStore(spark, lakehouse)  # type: ignore[arg-type]

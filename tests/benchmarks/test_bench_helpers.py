@@ -34,7 +34,7 @@ def test_swaps_among_tied_scores_are_allowed_others_are_not() -> None:
 
 @pytest.mark.spark
 def test_dot_product_engine_equals_brute_force(spark) -> None:
-    from pipelines.scoring import dot_product_topk
+    from pipelines.runtime.scoring_task import dot_product_topk
 
     rng = np.random.default_rng(0)
     users, items, rank, k = 50, 300, 6, 5

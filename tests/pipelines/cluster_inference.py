@@ -20,12 +20,13 @@ def main(argv: list[str]) -> int:
 
     import os
 
-    from pipelines import nightly
-    from pipelines.audit import read_audit
     from pipelines.faults import FAULT_ENV
-    from pipelines.inference import InferenceConfig
-    from pipelines.lakehouse import DeltaRsStore
-    from pipelines.spark import GpuSettings, SparkSettings, build_spark_session
+    from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.runtime.spark_session import GpuSettings, SparkSettings, build_spark_session
+    from pipelines.stages.context import RunContext
+    from pipelines.stages.infer_user_links import infer_user_links
+    from pipelines.tables.audit import read_audit
+    from pipelines.tables.delta_rs import DeltaRsStore
 
     fault = {f"spark.executorEnv.{FAULT_ENV}": os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
     spark = build_spark_session(SparkSettings(
@@ -35,9 +36,9 @@ def main(argv: list[str]) -> int:
     ))
     try:
         store = DeltaRsStore(spark, args.lakehouse)
-        ctx = nightly.RunContext.open(spark, store, args.ds, args.run_id, args.checkpoint)
+        ctx = RunContext.open(spark, store, args.ds, args.run_id, args.checkpoint)
         cfg = InferenceConfig(args.checkpoint, ctx.model_version, device=args.device, partitions=args.partitions)
-        result = nightly.infer_user_links(ctx, cfg)
+        result = infer_user_links(ctx, cfg)
         audit = [r for r in read_audit(store, args.ds) if r["run_id"] == args.run_id and r["job"] == "infer_user_links"]
         executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
         with open(args.out, "w") as fh:

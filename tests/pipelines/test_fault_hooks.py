@@ -100,12 +100,13 @@ def test_no_executor_jvm_above_a_plain_process() -> None:
 
 def test_crash_before_commit_exits_137_before_touching_the_table(tmp_path: Path) -> None:
     code = ("import pyarrow as pa\n"
-            "from pipelines.lakehouse import DeltaRsStore\n"
-            "from pipelines.schemas import RUN_AUDIT\n"
-            "from pipelines.audit import AuditRecord\n"
+            "from pipelines.tables.delta_rs import DeltaRsStore\n"
+            "from pipelines.tables.schemas import RUN_AUDIT\n"
+            "from pipelines.tables.audit import AuditRecord\n"
+            "from pipelines.tables.store import WriteRequest\n"
             f"store = DeltaRsStore(None, {str(tmp_path)!r})\n"
             "row = AuditRecord('job', '2024-01-01', 'r').to_arrow()\n"
-            "store.write_arrow(row, RUN_AUDIT, mode='append', app_id='a')\n")
+            "store.write_arrow(row, WriteRequest(RUN_AUDIT, 'append', 'a'))\n")
     env = {**os.environ, faults.FAULT_ENV: "crash-before-commit:table=run_audit", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=False)

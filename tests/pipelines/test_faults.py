@@ -22,15 +22,20 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from pipelines import nightly
-from pipelines.audit import read_audit
 from pipelines.faults import CRASH_EXIT_CODE, FAULT_ENV
-from pipelines.inference import InferenceConfig
-from pipelines.lakehouse import DeltaRsStore
-from pipelines.schemas import RECOMMENDATIONS
-from pipelines.scoring import ScoringConfig
-from pipelines.sources import write_synthetic
-from pipelines.synthetic import SyntheticConfig, item_ids
+from pipelines.runtime.inference_task import InferenceConfig
+from pipelines.runtime.scoring_task import ScoringConfig
+from pipelines.stages.context import RunContext
+from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.infer_user_links import infer_user_links
+from pipelines.stages.precompute_candidates import precompute_candidates
+from pipelines.stages.score_topk import score_topk
+from pipelines.tables.audit import read_audit
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.schemas import RECOMMENDATIONS
+from pipelines.tables.store import WriteRequest
+from pipelines.tools.input_tables import write_synthetic
+from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
 from tests.factories import make_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -80,11 +85,11 @@ def world(spark, tmp_path_factory: pytest.TempPathFactory) -> World:
     write_synthetic(None, store, cfg)
     ckpt = root / "model.ckpt"
     make_checkpoint(ckpt, item_ids(cfg.items)[:36], max_history=MAX_HISTORY)
-    ctx = nightly.RunContext.open(spark, store, DS, "clean", str(ckpt))
-    nightly.extract_histories(ctx, MAX_HISTORY)
-    nightly.precompute_candidates(ctx, "cpu")
-    nightly.infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
-    nightly.score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=K))
+    ctx = RunContext.open(spark, store, DS, "clean", str(ckpt))
+    extract_histories(ctx, MAX_HISTORY)
+    precompute_candidates(ctx, "cpu")
+    infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"))
+    score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=K))
     return World(root, store, ckpt, links_of(store.uri("user_links")), rows_of(store.uri("recommendations")),
                  rows_of(store.uri("user_histories")))
 
@@ -241,14 +246,15 @@ def test_rollback_restores_one_partition_and_leaves_the_others(world: World, spa
     uri = world.store.uri("recommendations")
     good = DeltaTable(uri).version()
     assert rows_of(uri, good) == world.recs
-    ctx = nightly.RunContext.open(spark, world.store, DS, "bad-run", str(world.ckpt))
-    nightly.score_topk(ctx, ScoringConfig(str(world.ckpt), ctx.model_version, top_k=2))  # the bad run: K=2
+    ctx = RunContext.open(spark, world.store, DS, "bad-run", str(world.ckpt))
+    score_topk(ctx, ScoringConfig(str(world.ckpt), ctx.model_version, top_k=2))  # the bad run: K=2
     bad = DeltaTable(uri).version()
     other_day = pa.Table.from_pylist([{"ds": "2024-01-02", "user_id": 1, "rank": 1, "item_id": 1003, "score": 1.0,
                                        "model_version": ctx.model_version, "source": "model"}],
                                      schema=RECOMMENDATIONS.schema)
-    world.store.write_arrow(other_day, RECOMMENDATIONS, mode="overwrite", partition={"ds": "2024-01-02"},
-                            app_id="another-day")  # a later run of another ds landed after the bad one
+    # a later run of another ds landed after the bad one
+    world.store.write_arrow(other_day,
+                            WriteRequest(RECOMMENDATIONS, "overwrite", "another-day", partition={"ds": "2024-01-02"}))
     assert len(rows_of(uri)) == 2 * len(world.recs) // K
 
     # the documented command: lime-rank rollback
@@ -283,8 +289,8 @@ def test_concurrent_runs_of_the_same_ds_one_fails_and_the_table_holds_the_other(
             assert run_a.poll() is None, run_a.communicate()[1][-4000:]
             assert time.monotonic() < deadline, "run A never reached its commit"
             time.sleep(0.2)
-        ctx = nightly.RunContext.open(spark, world.store, DS, "run-b", str(world.ckpt))
-        b = nightly.extract_histories(ctx, 4)
+        ctx = RunContext.open(spark, world.store, DS, "run-b", str(world.ckpt))
+        b = extract_histories(ctx, 4)
         go.touch()
         _, err = run_a.communicate(timeout=300)
     finally:

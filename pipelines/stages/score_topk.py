@@ -1,0 +1,261 @@
+"""The score_topk stage: ``user_links(ds)`` x ``candidate_link_weights(model_version)`` ->
+``recommendations(ds)``, as steps a reader follows: read the inputs -> plan (pure,
+:mod:`pipelines.stages.scoring_plan`, audited) -> candidates and scoring input -> score (the
+tasks of :mod:`pipelines.runtime.scoring_task`) -> quality gate on the staged rows -> commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.errors import ModelVersionMismatchError, PartitionNotFoundError, reraise_task_error
+from pipelines.stages.context import (
+    SCORE_TOPK,
+    RunContext,
+    StageResult,
+    already_done,
+    finish,
+    require_partition,
+    timed,
+)
+from pipelines.stages.scoring_plan import ScoringPlan, ScoringSizes, check_top_k, plan_scoring
+from pipelines.tables.audit import AuditRecord, audited
+from pipelines.tables.schemas import (
+    CANDIDATE_LINK_WEIGHTS,
+    RECOMMENDATIONS,
+    USER_CANDIDATES,
+    USER_HISTORIES,
+    USER_LINKS,
+)
+from pipelines.tables.store import CommitResult, WriteRequest
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from pipelines.runtime.scoring_task import LinkFiles, ScoringConfig
+
+
+def _candidate_count(ctx: RunContext) -> int:
+    rows = ctx.store.partition_rows(CANDIDATE_LINK_WEIGHTS, {"model_version": ctx.model_version})
+    if rows == 0:
+        present: list[str] = []
+        if ctx.store.exists(CANDIDATE_LINK_WEIGHTS):
+            df = ctx.store.read(CANDIDATE_LINK_WEIGHTS)
+            present = sorted(r.model_version for r in df.select("model_version").distinct().limit(10).collect())
+        raise ModelVersionMismatchError(
+            f"table 'candidate_link_weights' has no rows for model_version {ctx.model_version} "
+            f"(it holds {present or 'none'}); run precompute-candidates with this checkpoint"
+        )
+    return rows
+
+
+def _largest_seen_set(ctx: RunContext, histories: DataFrame) -> int:
+    """max(n_seen) of user_histories(ds), the longest seen list: from the log's file statistics,
+    else by a Spark scan."""
+    from pyspark.sql import functions as F
+
+    bounds = ctx.store.column_bounds(USER_HISTORIES, "n_seen", {"ds": ctx.ds})
+    if bounds is not None:
+        return int(bounds[1])
+    return int(histories.agg(F.max("n_seen")).head()[0] or 0)
+
+
+def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
+    """Sorted distinct model versions of user_links(ds) (read as ``links``): from the log's file
+    statistics when they show one value, else by a Spark scan."""
+    bounds = ctx.store.column_bounds(USER_LINKS, "model_version", {"ds": ctx.ds})
+    if bounds is not None and bounds[0] == bounds[1]:
+        return [bounds[0]]
+    return sorted(r.model_version for r in links.select("model_version").distinct().collect())
+
+
+@dataclass
+class _ScoringInputs:
+    """What score_topk reads before it plans: the partitions, checked, and their sizes."""
+
+    histories: DataFrame
+    links: DataFrame
+    versions: list[str]  # model versions in user_links(ds)
+    users: int  # rows of user_histories(ds)
+    largest_seen: int
+    link_files: list[str]  # user_links(ds) files the tasks may read themselves (delta-rs only)
+    candidates: int
+
+
+def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
+    """Both input partitions exist and agree with the checkpoint's model version; top_k fits."""
+    from pyspark.sql import functions as F
+
+
+    users = require_partition(ctx, USER_HISTORIES.name, "extract-histories")
+    histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
+    if (ctx.store.partition_rows(USER_LINKS, {"ds": ctx.ds}) == 0
+            and histories.where(F.col("n") > 0).limit(1).count() > 0):
+        # users with a history but no links: scoring would silently give them nothing
+        raise PartitionNotFoundError("user_links", {"ds": ctx.ds},
+                                     hint=f"; run infer-user-links for ds={ctx.ds} first")
+    links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
+    versions = _link_versions(ctx, links)
+    if versions and versions != [ctx.model_version]:
+        raise ModelVersionMismatchError(
+            f"table 'user_links' (ds={ctx.ds}) holds model_version {versions}, but the checkpoint "
+            f"and candidate_link_weights are {ctx.model_version}; re-run infer-user-links"
+        )
+    candidates = _candidate_count(ctx)
+    check_top_k(top_k, candidates)
+    link_files = (ctx.store.file_uris(USER_LINKS, partition={"ds": ctx.ds})
+                  if ctx.store.engine == "delta-rs" else [])
+    # seen lists are the user's whole seen set up to ds, which neither the model's window nor
+    # extract's --max-history bounds: sized from the partition's largest
+    return _ScoringInputs(histories, links, versions, users, _largest_seen_set(ctx, histories), link_files,
+                          candidates)
+
+
+def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
+
+    mc = ctx.checkpoint.config
+    sizes = ScoringSizes(users=inputs.users, largest_seen=inputs.largest_seen, candidates=inputs.candidates,
+                           candidate_row_bytes=4 * (mc.n_heads * mc.n_links + mc.d_model + 1) + 8,
+                           link_files=len(inputs.link_files),
+                           cores=max(1, ctx.spark.sparkContext.defaultParallelism))
+    return plan_scoring(cfg, sizes)
+
+
+@dataclass
+class _Shipped:
+    """Broadcast variables of one run, destroyed when the stage ends."""
+
+    items: list[Any] = field(default_factory=list)
+
+    def broadcast(self, ctx: RunContext, value: Any) -> Any:
+        self.items.append(ctx.spark.sparkContext.broadcast(value))
+        return self.items[-1]
+
+    def destroy(self) -> None:
+        for item in self.items:
+            item.destroy()
+
+
+def _load_candidates(ctx: RunContext, plan: ScoringPlan, shipped: _Shipped) -> tuple[np.ndarray, Any, list[str]]:
+    """(candidate ids sorted, the matrix broadcast or None, shard files): read from the table
+    files as Arrow on the driver, without a Spark job."""
+    from pipelines.runtime.candidate_matrix import candidate_matrix
+
+    mc, partition = ctx.checkpoint.config, {"model_version": ctx.model_version}
+    if plan.candidate_mode == "broadcast":
+        rows = ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, CANDIDATE_LINK_WEIGHTS.data_schema.names,
+                                    partition=partition)
+        matrix = candidate_matrix(rows, mc.n_heads, mc.n_links, mc.d_model)
+        return matrix.item_ids, shipped.broadcast(ctx, matrix), []
+    ids = ctx.store.read_arrow(CANDIDATE_LINK_WEIGHTS, ["item_id"], partition=partition).column("item_id")
+    return np.sort(ids.to_numpy()), None, ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition=partition)
+
+
+@dataclass
+class _Scoring:
+    """The scoring job's input (Spark rows of users, or of user_links file paths) and its side inputs."""
+
+    scored: DataFrame
+    reader: LinkFiles | None  # when each task reads its own user_links file
+    seen_lists: pa.Table | None  # broadcast seen lists (user_id, seen_item_ids, item_ids) or None
+    user_candidates: DataFrame | None
+
+
+def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, inputs: _ScoringInputs,
+                   shipped: _Shipped, record: AuditRecord) -> _Scoring:
+    """With the seen lists broadcast and a user_links file per core, each task reads its file
+    itself and L_P never becomes Spark rows; otherwise users are joined to their seen lists (and
+    per-user candidates) in Spark and repartitioned evenly."""
+    from pyspark.sql import functions as F
+
+    from pipelines.runtime import scoring_task as s
+
+    seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "seen_item_ids", "item_ids"],
+                                       partition={"ds": ctx.ds}) if plan.seen_broadcast else None)
+    if plan.reads_link_files:
+        seen_table = None
+        if cfg.exclude_seen and seen_lists is not None:
+            seen_table = shipped.broadcast(ctx, seen_lists.select(["user_id", "seen_item_ids"])
+                                           .rename_columns(["user_id", "seen"]))
+        return _Scoring(s.link_file_rows(ctx.spark, inputs.link_files), s.LinkFiles(seen_table), seen_lists, None)
+    seen = inputs.histories.select("user_id", F.col("seen_item_ids").alias("seen"))
+    users = inputs.links.select("user_id", "l_p").join(F.broadcast(seen) if plan.seen_broadcast else seen,
+                                                       "user_id", "left")
+    user_candidates = None
+    if cfg.per_user_candidates:
+        require_partition(ctx, USER_CANDIDATES.name, "the retrieval job that writes user_candidates")
+        user_candidates = ctx.store.read(USER_CANDIDATES, partition={"ds": ctx.ds}).select("user_id", "item_ids")
+        users = users.join(user_candidates.withColumnRenamed("item_ids", "candidates"), "user_id", "left")
+        listed = user_candidates.join(inputs.links.select("user_id"), "user_id", "left_semi").count()
+        record.count("users_with_own_candidates", listed)
+    return _Scoring(users.repartition(plan.scoring_partitions), None, seen_lists, user_candidates)
+
+
+def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord, recs: DataFrame,
+                       inputs: _ScoringInputs, candidate_ids: np.ndarray,
+                       user_candidates: DataFrame | None) -> CommitResult:
+    """Scored once: the tasks write the rows to files the table does not reference yet, the gate
+    reads those files, and only a passing gate commits them; otherwise they are deleted."""
+    from pipelines.stages.quality_gate import check_recommendations
+
+    ids_df = ctx.spark.createDataFrame(pa.table({"item_id": pa.array(candidate_ids, pa.int64())}))
+    staged = None
+    try:
+        try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
+            request = WriteRequest(RECOMMENDATIONS, "overwrite", ctx.app_id(SCORE_TOPK), partition={"ds": ctx.ds},
+                                   metadata={"model_version": ctx.model_version, "top_k": cfg.top_k})
+            staged = timed(record, "score", lambda: ctx.store.stage(recs, request))
+            frame = staged.frame
+            report = timed(record, "gate", lambda: check_recommendations(
+                frame, inputs.histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
+                exclude_seen=cfg.exclude_seen, user_links=inputs.links, user_candidates=user_candidates,
+                catalogue_size=len(candidate_ids), link_versions=inputs.versions,
+                largest_seen=inputs.largest_seen))
+        except Exception as exc:
+            reraise_task_error(exc)
+            raise
+        record.metrics["quality"] = report.summary()
+        report.raise_if_failed()
+        # from here the files are the commit's: a failed commit leaves them unreferenced, not deleted
+        to_commit, staged = staged, None
+        return timed(record, "commit", lambda: ctx.store.commit_staged(to_commit))
+    finally:
+        if staged is not None:  # the scoring or the gate failed: nothing of this run stays
+            ctx.store.discard_staged(staged)
+
+
+def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
+    """read -> plan (pure, audited) -> candidates and scoring input -> score -> gate -> commit."""
+    from pyspark.sql import functions as F
+
+    from pipelines.runtime import scoring_task as s
+
+    with audited(ctx.store, SCORE_TOPK, ctx.ds, ctx.run_id) as record:
+        record.model_version = ctx.model_version
+        done = already_done(ctx, record, RECOMMENDATIONS.name, ctx.app_id(SCORE_TOPK))
+        if done:
+            return done
+        inputs = _read_scoring_inputs(ctx, cfg.top_k)
+        plan = _plan(ctx, cfg, inputs)
+        record.metrics.update(plan.audit(), candidates=inputs.candidates)
+        shipped = _Shipped()
+        try:
+            candidate_ids, matrix, files = _load_candidates(ctx, plan, shipped)
+            scoring = _scoring_input(ctx, cfg, plan, inputs, shipped, record)
+            model_rows = s.model_topk(scoring.scored, cfg, mode=plan.candidate_mode, candidate_ids=candidate_ids,
+                                      broadcast=matrix, files=files, shards=plan.shards, reader=scoring.reader)
+            popular = (s.popular_items(inputs.histories, candidate_ids, cfg.top_k) if scoring.seen_lists is None
+                       else s.popular_items_arrow(scoring.seen_lists.column("item_ids"), candidate_ids, cfg.top_k))
+            record.metrics["popular_items"] = [p[1] for p in popular]
+            recs = s.recommendations(model_rows, inputs.histories.where(F.col("n") == 0), popular, ds=ctx.ds,
+                                     model_version=ctx.model_version)
+            # reading the inputs' metadata, the candidate broadcast, the popularity list
+            record.timing("prepare", record.elapsed())
+            commit = _stage_gate_commit(ctx, cfg, record, recs, inputs, candidate_ids, scoring.user_candidates)
+        finally:
+            shipped.destroy()
+        return finish(record, commit)

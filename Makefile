@@ -19,8 +19,9 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest
 
+# No end-to-end or multi-JVM test, no download: the inner loop while editing.
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not network"
 
 demo: setup
 	bash scripts/demo.sh

@@ -68,7 +68,7 @@ def build_sequences(frame: pd.DataFrame, vocab: ItemVocabulary) -> UserSequences
     are kept once (the first in file order) and items unknown to ``vocab`` are dropped, both
     counted.  Equal timestamps keep the file order.
 
-    These are the nightly pipeline's rules (``pipelines.histories``), so that the lists it serves
+    These are the nightly pipeline's rules (``pipelines.stages.history_transforms``), so that the lists it serves
     are the lists evaluation measures (DESIGN.md §1)."""
     frame = frame.sort_values(["user_id", "timestamp"], kind="stable")
     distinct = frame.drop_duplicates(["user_id", "item_id", "timestamp"], keep="first")

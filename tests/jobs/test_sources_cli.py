@@ -36,6 +36,7 @@ def test_unknown_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+@pytest.mark.network
 def test_load_movielens_writes_verified_tables(lakehouse: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     assert cli(["load-movielens", "--lakehouse", str(lakehouse), "--cache-dir", str(cache)]) == 0
@@ -47,6 +48,7 @@ def test_load_movielens_writes_verified_tables(lakehouse: Path, tmp_path: Path) 
     assert hashlib.sha256(inter).hexdigest() == datasets.MOVIELENS_FILES["ml-100k.inter"]
 
 
+@pytest.mark.network
 def test_movielens_checksum_mismatch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(datasets.MOVIELENS_FILES, "ml-100k.inter", "0" * 64)
     with pytest.raises(DatasetChecksumError, match=r"ml-100k\.inter .* has sha256 4edb74e2"):
@@ -54,6 +56,7 @@ def test_movielens_checksum_mismatch_is_refused(tmp_path: Path, monkeypatch: pyt
     assert not (tmp_path / "cache" / "ml-100k" / "ml-100k.inter").exists()
 
 
+@pytest.mark.network
 def test_tampered_cache_is_fetched_again(tmp_path: Path) -> None:
     folder = datasets.ensure_movielens_files(tmp_path)
     (folder / "ml-100k.inter").write_text("user_id\titem_id\n1\t2\n")

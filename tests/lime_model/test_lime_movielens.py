@@ -11,6 +11,8 @@ from lime_model.evaluate import evaluate_split
 from lime_model.train import default_configs, train_model
 from lime_model.vocab import ItemVocabulary
 
+pytestmark = pytest.mark.network  # the first run fetches the recbole wheel from the package index
+
 
 @pytest.fixture(scope="module")
 def movielens_split():

@@ -2,19 +2,8 @@
 
     spark-submit jobs/validate_publish.py --lakehouse DIR --ds 2024-01-30 --top-k 10 --run-id RID
 
-1. re-checks the committed ``recommendations(ds)`` with :mod:`pipelines.stages.quality_gate`
-   (K rows per user, fewer only when fewer are eligible, ranks 1..K, finite scores, one model_version across
-   ``user_links``, ``candidate_link_weights`` and ``recommendations``, no user lost
-   since ``user_histories(ds)``);
-2. writes the HTML run report to ``<lakehouse>/_reports/ds=<ds>/run_report.html``
-   (temporary file + rename) and logs ``run report: <path>``, pass or fail;
-3. only if every check passed, appends the ``published`` row to ``run_audit``.
-   A failed gate exits 1 (QualityGateError): the Airflow task fails and the
-   recommendations Asset is not updated.
-
-A retry of the same run (same ``--run-id``) that already published the same table
-version does nothing more.  The model version checked is the one score_topk
-recorded for this run in ``run_audit`` (else the latest score_topk of ds).
+A failed gate exits 1 (QualityGateError) and publishes nothing; the checks, the report and the
+retry rule are the stage's (:mod:`pipelines.stages.validate_publish`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,35 @@
 """The extract_histories stage: ``events`` up to the end of ``ds`` -> ``user_histories(ds)``
-(the transforms are :mod:`pipelines.stages.history_transforms`)."""
+(the transforms are :mod:`pipelines.stages.history_transforms`).
+
+Incremental by default (:mod:`pipelines.stages.incremental`): when the previous day's histories
+were extracted with the same model vocabulary and ``--max-history`` and ``events`` only gained
+files since the version that run read, only the users with an event in those files, or an event
+dated after the previous day, are extracted again; the other rows are copied from the previous
+day.  The result equals a full extraction, which ``full=True`` forces.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pipelines.errors import PartitionNotFoundError
+from pipelines.stages import history_transforms as h
 from pipelines.stages.context import EXTRACT_HISTORIES, RunContext, StageResult, already_done, finish, timed
-from pipelines.tables.audit import audited
-from pipelines.tables.schemas import USER_HISTORIES
-from pipelines.tables.store import CommitResult, WriteRequest
+from pipelines.stages.incremental import (
+    EventsChange,
+    RunMode,
+    events_change,
+    first_difference,
+    metrics_of,
+    previous_ds,
+    previous_success,
+)
+from pipelines.tables.audit import AuditRecord, audited
+from pipelines.tables.schemas import EVENTS, USER_HISTORIES
+from pipelines.tables.store import WriteRequest
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 
 def require_events_on_ds(ctx: RunContext, events_on_ds: int) -> None:
@@ -19,15 +41,108 @@ def require_events_on_ds(ctx: RunContext, events_on_ds: int) -> None:
         )
 
 
-def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool = False) -> StageResult:
-    """``events`` up to the end of ``ds`` -> ``user_histories(ds)``.
+def extract_mode(ctx: RunContext, max_history: int, events_version: int,
+                 full: bool) -> tuple[RunMode, EventsChange | None]:
+    """Incremental when the previous day's extraction can be extended (and how ``events``
+    changed since), else full and why."""
+    prev = previous_ds(ctx.ds)
+    if full:
+        return RunMode.full(prev, "a full run was asked for (--full)"), None
+    row = previous_success(ctx.store, EXTRACT_HISTORIES, prev)
+    if row is None:
+        return RunMode.full(prev, f"no successful extract_histories run for the previous day {prev}"), None
+    if ctx.store.partition_rows(USER_HISTORIES, {"ds": prev}) == 0:
+        return RunMode.full(prev, f"user_histories has no rows for ds={prev} (rolled back?)"), None
+    metrics = metrics_of(row)
+    changed = first_difference({"model_version": row["model_version"], **metrics},
+                               {"model_version": ctx.model_version, "max_history": max_history,
+                                "events_table_id": ctx.store.table_id(EVENTS)})
+    if changed:
+        return RunMode.full(prev, changed), None
+    since = metrics.get("events_version")
+    if not isinstance(since, int) or since > events_version:
+        return RunMode.full(prev, f"the previous run read events version {since!r}; it is now at "
+                                  f"{events_version}"), None
+    change = events_change(ctx.store, since, events_version)
+    if change.removed_files:
+        return RunMode.full(prev, f"{change.removed_files} data file(s) of events were removed or rewritten "
+                                  f"since version {since} (a delete, overwrite or compaction)"), None
+    return RunMode(True, f"{len(change.added_files)} events file(s) added since version {since}", prev), change
+
+
+def changed_users(ctx: RunContext, cfg: h.HistoryConfig, change: EventsChange, prev: str) -> DataFrame:
+    """(user_id) of every user whose events up to the end of ds may differ from what the previous
+    run read: an event in a file added since its version, or an event dated after its day (which
+    it left out), whatever ``event_date`` the event is filed under.  A superset is harmless."""
+    from pyspark.sql import functions as F
+
+    end = F.to_timestamp(F.lit(cfg.end_exclusive))
+    after_prev = F.to_timestamp(F.lit(h.HistoryConfig(ds=prev, max_history=1).end_exclusive))
+    added = ctx.store.read_files("events", change.added_files, version=change.version)
+    recent = ctx.store.read_table("events", version=change.version).where(
+        (F.col("ts") >= after_prev) & (F.col("ts") < end))
+    users = added.where(F.col("ts") < end).select("user_id").unionByName(recent.select("user_id"))
+    return users.where(F.col("user_id").isNotNull()).select(F.col("user_id").cast("bigint")).distinct()
+
+
+def _scan_events(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, version: int,
+                 only: DataFrame | None, allow_empty_ds: bool) -> tuple[DataFrame, dict[str, int]]:
+    """The flagged events (of the ``only`` users, if given) and their drop counts."""
+    events = ctx.store.read_table("events", version=version)
+    h.check_events_schema(events)
+    events = h.with_source_order(events)  # on the read itself: prune_events' Union hides _metadata
+    pruned = h.prune_events(events, ctx.ds)
+    date_partitioned = pruned is not events
+    if date_partitioned and not allow_empty_ds:  # a free check before the scan
+        require_events_on_ds(ctx, ctx.store.count_rows("events", [(h.EVENT_DATE, "=", ctx.ds)]))
+    if only is not None:
+        pruned = pruned.join(only, "user_id", "left_semi")
+    flagged = h.flag_events(pruned, cfg)
+    drops = timed(record, "scan_events", lambda: h.drop_counts(flagged))
+    if not allow_empty_ds:
+        require_events_on_ds(ctx, drops["events_on_ds"])
+    if date_partitioned and only is None:  # rows of later date partitions with ts after ds are not read
+        drops = h.with_unread_later_rows(drops, ctx.store.count_rows("events", [(h.EVENT_DATE, ">", ctx.ds)]))
+    return flagged, drops
+
+
+def _record_counts(record: AuditRecord, drops: dict[str, int], kept: dict[str, int], reused: int) -> int:
+    """Audit the drop and keep counts; the partition's users (extracted + reused)."""
+    valid = drops["events_read"] - drops["null_ids"] - drops["negative_ids"] - drops["events_after_ds"]
+    counts = {
+        **drops,
+        "duplicate_events": valid - kept["distinct_events"],
+        "unknown_items": kept["distinct_events"] - kept["known_events"],
+        "truncated_events": kept["truncated_events"],
+        "users_extracted": kept["users"],
+        "users_reused": reused,
+        "users": kept["users"] + reused,
+        "users_without_known_items": kept["users_without_known_items"],
+        "history_events": kept["known_events"] - kept["truncated_events"],
+    }
+    for name, value in counts.items():
+        record.count(name, value)
+    return counts["users"]
+
+
+def _reused_rows(ctx: RunContext, prev: str, changed: DataFrame) -> DataFrame:
+    """The previous day's rows of the users without a change, as rows of ``ds``."""
+    from pyspark.sql import functions as F
+
+    previous = ctx.store.read(USER_HISTORIES, partition={"ds": prev})
+    return (previous.join(changed, "user_id", "left_anti").withColumn("ds", F.lit(ctx.ds))
+            .select(*USER_HISTORIES.schema.names))
+
+
+def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool = False,
+                      full: bool = False) -> StageResult:
+    """``events`` up to the end of ``ds`` -> ``user_histories(ds)``, incremental unless ``full``
+    or the previous day cannot be extended (the audit row says which and why).
 
     A ``ds`` without a single valid event is :class:`PartitionNotFoundError` (histories that
     silently stop at an earlier day would be published as today's) unless ``allow_empty_ds``.
     """
     from pyspark import StorageLevel
-
-    from pipelines.stages import history_transforms as h
 
     cfg = h.HistoryConfig(ds=ctx.ds, max_history=max_history)
     app_id = ctx.app_id(EXTRACT_HISTORIES)
@@ -37,44 +152,39 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         if done:
             return done
         ctx.store.check_schema(USER_HISTORIES)  # an outdated table is refused before the scan, not after
-        events = ctx.store.read_table("events")
-        h.check_events_schema(events)
-        events = h.with_source_order(events)  # on the read itself: prune_events' Union hides _metadata
-        pruned = h.prune_events(events, ctx.ds)
-        if pruned is not events and not allow_empty_ds:  # date-partitioned: a free check before the scan
-            require_events_on_ds(ctx, ctx.store.count_rows("events", [(h.EVENT_DATE, "=", ctx.ds)]))
-        flagged = h.flag_events(pruned, cfg)
-        drops = timed(record, "scan_events", lambda: h.drop_counts(flagged))
-        assert isinstance(drops, dict)
-        if not allow_empty_ds:
-            require_events_on_ds(ctx, drops["events_on_ds"])
-        if pruned is not events:  # rows of later date partitions with ts after ds are not read
-            drops = h.with_unread_later_rows(drops, ctx.store.count_rows("events", [(h.EVENT_DATE, ">", ctx.ds)]))
+        version = ctx.store.version(EVENTS)
+        if version is None:
+            from pipelines.errors import TableNotFoundError
+
+            raise TableNotFoundError("events", ctx.store.uri("events"))
+        record.metrics.update(events_version=version, events_table_id=ctx.store.table_id(EVENTS),
+                              max_history=max_history)
+        mode, change = extract_mode(ctx, max_history, version, full)
+        record.metrics.update(mode.audit())
+        changed = None
+        if change is not None:
+            changed = timed(record, "find_changed_users", lambda: changed_users(
+                ctx, cfg, change, mode.previous_ds).persist(StorageLevel.MEMORY_AND_DISK))
+        flagged, drops = _scan_events(ctx, record, cfg, version, changed, allow_empty_ds)
         per_user = h.user_event_lists(flagged, ctx.vocabulary(), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             kept = timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
-            assert isinstance(kept, dict)
-            valid = drops["events_read"] - drops["null_ids"] - drops["negative_ids"] - drops["events_after_ds"]
-            counts = {
-                **drops,
-                "duplicate_events": valid - kept["distinct_events"],
-                "unknown_items": kept["distinct_events"] - kept["known_events"],
-                "truncated_events": kept["truncated_events"],
-                "users": kept["users"],
-                "users_without_known_items": kept["users_without_known_items"],
-                "history_events": kept["known_events"] - kept["truncated_events"],
-            }
-            for name, value in counts.items():
-                record.count(name, value)
-            if kept["users"] == 0:
+            histories = h.to_histories(per_user, cfg)
+            reused = 0
+            if changed is not None:
+                carried = _reused_rows(ctx, mode.previous_ds, changed)
+                reused = timed(record, "count_reused", carried.count)
+                histories = histories.unionByName(carried)
+            if _record_counts(record, drops, kept, reused) == 0:
                 raise PartitionNotFoundError(
                     "events", {"event_date": f"<= {ctx.ds}"},
                     hint=f" with usable ids up to the end of ds={ctx.ds} ({drops['events_read']} row(s) read)",
                 )
             request = WriteRequest(USER_HISTORIES, "overwrite", app_id, partition={"ds": ctx.ds},
                                    metadata={"model_version": ctx.model_version, "max_history": max_history})
-            commit = timed(record, "write", lambda: ctx.store.write(h.to_histories(per_user, cfg), request))
+            commit = timed(record, "write", lambda: ctx.store.write(histories, request))
         finally:
             per_user.unpersist()
-        assert isinstance(commit, CommitResult)
+            if changed is not None:
+                changed.unpersist()
         return finish(record, commit)

@@ -6,6 +6,7 @@ tasks of :mod:`pipelines.runtime.scoring_task`) -> quality gate on the staged ro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,15 @@ from pipelines.stages.context import (
     finish,
     require_partition,
     timed,
+)
+from pipelines.stages.incremental import (
+    RunMode,
+    files_fingerprint,
+    first_difference,
+    metrics_of,
+    previous_ds,
+    previous_success,
+    unchanged_histories,
 )
 from pipelines.stages.scoring_plan import ScoringPlan, ScoringSizes, check_top_k, plan_scoring
 from pipelines.tables.audit import AuditRecord, audited
@@ -84,6 +94,9 @@ class _ScoringInputs:
     largest_seen: int
     link_files: list[str]  # user_links(ds) files the tasks may read themselves (delta-rs only)
     candidates: int
+    to_score: DataFrame  # the rows of user_links(ds) to score (incremental: the changed users')
+    reused: DataFrame | None = None  # incremental: the previous day's rows of the other users, as of ds
+    reused_users: int = 0
 
 
 def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
@@ -112,7 +125,52 @@ def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
     # seen lists are the user's whole seen set up to ds, which neither the model's window nor
     # extract's --max-history bounds: sized from the partition's largest
     return _ScoringInputs(histories, links, versions, users, _largest_seen_set(ctx, histories), link_files,
-                          candidates)
+                          candidates, links)
+
+
+def scoring_signature(ctx: RunContext, cfg: ScoringConfig) -> dict[str, object]:
+    """What a user's list depends on besides their L_P and seen items: recorded in the audit row,
+    and compared with the previous day's before its lists are reused."""
+    files = ctx.store.file_uris(CANDIDATE_LINK_WEIGHTS, partition={"model_version": ctx.model_version})
+    return {"model_version": ctx.model_version, "top_k": cfg.top_k, "exclude_seen": cfg.exclude_seen,
+            "candidates_fingerprint": files_fingerprint(ctx.store.uri(CANDIDATE_LINK_WEIGHTS.name), files)}
+
+
+def score_mode(ctx: RunContext, cfg: ScoringConfig, signature: dict[str, object], full: bool) -> RunMode:
+    """Incremental when the previous day was scored with the same candidates and settings."""
+    prev = previous_ds(ctx.ds)
+    if full:
+        return RunMode.full(prev, "a full run was asked for (--full)")
+    if cfg.per_user_candidates:
+        return RunMode.full(prev, "per-user candidate lists (user_candidates) are a new input every day")
+    row = previous_success(ctx.store, SCORE_TOPK, prev)
+    if row is None:
+        return RunMode.full(prev, f"no successful score_topk run for the previous day {prev}")
+    for spec in (RECOMMENDATIONS, USER_HISTORIES):
+        if ctx.store.partition_rows(spec, {"ds": prev}) == 0:
+            return RunMode.full(prev, f"{spec.name} has no rows for the previous day {prev}")
+    changed = first_difference({"model_version": row["model_version"], **metrics_of(row)}, signature)
+    if changed:
+        return RunMode.full(prev, changed)
+    return RunMode(True, f"the candidates and scoring settings are those of {prev}", prev)
+
+
+def _reuse_previous(ctx: RunContext, inputs: _ScoringInputs, prev: str, shipped: _Shipped) -> _ScoringInputs:
+    """The inputs with only the users whose history or seen items changed left to score, and the
+    previous day's lists of the others to copy."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from pipelines.runtime.scoring_task import SOURCE_MODEL
+
+    same = unchanged_histories(inputs.histories.where(F.col("n") > 0),
+                               ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=True)
+    previous = ctx.store.read(RECOMMENDATIONS, partition={"ds": prev}).where(F.col("source") == SOURCE_MODEL)
+    kept = shipped.persist(same.join(previous.select("user_id"), "user_id", "left_semi"), StorageLevel.MEMORY_AND_DISK)
+    reused = (previous.join(kept, "user_id", "left_semi").withColumn("ds", F.lit(ctx.ds))
+              .select(*RECOMMENDATIONS.schema.names))
+    return dataclasses.replace(inputs, to_score=inputs.links.join(kept, "user_id", "left_anti"), reused=reused,
+                               link_files=[], reused_users=kept.count())
 
 
 def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
@@ -127,17 +185,24 @@ def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> Scorin
 
 @dataclass
 class _Shipped:
-    """Broadcast variables of one run, destroyed when the stage ends."""
+    """Broadcast variables and persisted frames of one run, dropped when the stage ends."""
 
     items: list[Any] = field(default_factory=list)
+    frames: list[DataFrame] = field(default_factory=list)
 
     def broadcast(self, ctx: RunContext, value: Any) -> Any:
         self.items.append(ctx.spark.sparkContext.broadcast(value))
         return self.items[-1]
 
+    def persist(self, frame: DataFrame, level: Any) -> DataFrame:
+        self.frames.append(frame.persist(level))
+        return frame
+
     def destroy(self) -> None:
         for item in self.items:
             item.destroy()
+        for frame in self.frames:
+            frame.unpersist()
 
 
 def _load_candidates(ctx: RunContext, plan: ScoringPlan, shipped: _Shipped) -> tuple[np.ndarray, Any, list[str]]:
@@ -183,7 +248,7 @@ def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, input
                                            .rename_columns(["user_id", "seen"]))
         return _Scoring(s.link_file_rows(ctx.spark, inputs.link_files), s.LinkFiles(seen_table), seen_lists, None)
     seen = inputs.histories.select("user_id", F.col("seen_item_ids").alias("seen"))
-    users = inputs.links.select("user_id", "l_p").join(F.broadcast(seen) if plan.seen_broadcast else seen,
+    users = inputs.to_score.select("user_id", "l_p").join(F.broadcast(seen) if plan.seen_broadcast else seen,
                                                        "user_id", "left")
     user_candidates = None
     if cfg.per_user_candidates:
@@ -228,8 +293,16 @@ def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord,
             ctx.store.discard_staged(staged)
 
 
-def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
-    """read -> plan (pure, audited) -> candidates and scoring input -> score -> gate -> commit."""
+def _record_users(record: AuditRecord, ctx: RunContext, inputs: _ScoringInputs) -> None:
+    linked = ctx.store.partition_rows(USER_LINKS, {"ds": ctx.ds})
+    record.count("users_rescored", linked - inputs.reused_users)
+    record.count("users_reused", inputs.reused_users)
+    record.count("users_popular", inputs.users - linked)
+
+
+def score_topk(ctx: RunContext, cfg: ScoringConfig, *, full: bool = False) -> StageResult:
+    """read -> (incremental: keep the unchanged users' lists) -> plan (pure, audited) -> candidates
+    and scoring input -> score -> gate -> commit."""
     from pyspark.sql import functions as F
 
     from pipelines.runtime import scoring_task as s
@@ -240,10 +313,17 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
         if done:
             return done
         inputs = _read_scoring_inputs(ctx, cfg.top_k)
-        plan = _plan(ctx, cfg, inputs)
-        record.metrics.update(plan.audit(), candidates=inputs.candidates)
+        signature = scoring_signature(ctx, cfg)
+        mode = score_mode(ctx, cfg, signature, full)
+        record.metrics.update(signature, **mode.audit())
         shipped = _Shipped()
         try:
+            if mode.incremental:
+                inputs = timed(record, "find_changed_users", lambda: _reuse_previous(
+                    ctx, inputs, mode.previous_ds, shipped))
+            _record_users(record, ctx, inputs)
+            plan = _plan(ctx, cfg, inputs)
+            record.metrics.update(plan.audit(), candidates=inputs.candidates)
             candidate_ids, matrix, files = _load_candidates(ctx, plan, shipped)
             scoring = _scoring_input(ctx, cfg, plan, inputs, shipped, record)
             model_rows = s.model_topk(scoring.scored, cfg, mode=plan.candidate_mode, candidate_ids=candidate_ids,
@@ -253,6 +333,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig) -> StageResult:
             record.metrics["popular_items"] = [p[1] for p in popular]
             recs = s.recommendations(model_rows, inputs.histories.where(F.col("n") == 0), popular, ds=ctx.ds,
                                      model_version=ctx.model_version)
+            if inputs.reused is not None:
+                recs = recs.unionByName(inputs.reused)
             # reading the inputs' metadata, the candidate broadcast, the popularity list
             record.timing("prepare", record.elapsed())
             commit = _stage_gate_commit(ctx, cfg, record, recs, inputs, candidate_ids, scoring.user_candidates)

@@ -20,12 +20,11 @@ import contextlib
 import json
 import logging
 import os
-import posixpath
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -50,6 +49,7 @@ from pipelines.tables.store import (
     WriteMode,
     WriteRequest,
     check_partition_arg,
+    normalised_uri,
     resolve_root,
 )
 
@@ -60,16 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _COMMIT_ATTEMPTS = 5
-
-
-def normalised_uri(uri: str) -> str:
-    """One spelling per location: local files as a plain absolute path (no ``file://``), no
-    ``.`` segments, doubled or trailing slashes; other schemes keep scheme and host."""
-    parts = urlsplit(uri)
-    path = posixpath.normpath(parts.path) if parts.path else "/"
-    if parts.scheme in ("", "file"):
-        return path
-    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _data_file_uri(table_uri: str, log_path: str) -> str:
@@ -203,6 +193,13 @@ class DeltaRsStore:
         schema = pa.schema(table.schema().to_arrow())
         files = list(table.file_uris(file_pruning_predicate=_partition_filters(partition)))
         return self._read_files(name, schema, files)
+
+    def read_files(self, name: str, files: Sequence[str], *, version: int | None = None) -> DataFrame:
+        """The rows of some of table ``name``'s data files (``file_uris`` of ``version``), with the
+        table's schema at ``version``."""
+        table = self.delta_table(TableSpec(name, pa.schema([])), version)
+        self.check_file_list_exact(TableSpec(name, pa.schema([])), table)
+        return self._read_files(name, pa.schema(table.schema().to_arrow()), files)
 
     def _read_files(self, name: str, schema: pa.Schema, files: Sequence[str]) -> DataFrame:
         """The rows of table ``name``'s data ``files`` (partition values from their folders)."""

@@ -198,6 +198,13 @@ class DeltaSparkStore:
         df = reader.load(self.uri(name))
         return df.where(_equal_to(partition)) if partition else df
 
+    def read_files(self, name: str, files: Sequence[str], *, version: int | None = None) -> DataFrame:
+        schema = self.read_table(name, version=version).schema
+        if not files:
+            return self.spark.createDataFrame([], schema)
+        return (self.spark.read.schema(schema).option("basePath", self.uri(name)).parquet(*files)
+                .select(*schema.names))
+
     def read(
         self,
         spec: TableSpec,

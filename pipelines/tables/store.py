@@ -8,10 +8,12 @@ this module and never on each other; :func:`pipelines.tables.open_lakehouse` pic
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -89,6 +91,16 @@ class StagedWrite:
     partition_state: frozenset[str] | None = None
 
 
+def normalised_uri(uri: str) -> str:
+    """One spelling per location: local files as a plain absolute path (no ``file://``), no
+    ``.`` segments, doubled or trailing slashes; other schemes keep scheme and host."""
+    parts = urlsplit(uri)
+    path = posixpath.normpath(parts.path) if parts.path else "/"
+    if parts.scheme in ("", "file"):
+        return path
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
 def resolve_root(root: str | os.PathLike[str]) -> str:
     """Absolute local path (or an URI with a scheme, passed through)."""
     text = os.fspath(root)
@@ -147,6 +159,9 @@ class TableStore(Protocol):
     def read_table(
         self, name: str, *, version: int | None = None, partition: Mapping[str, str] | None = None
     ) -> DataFrame: ...
+
+    def read_files(self, name: str, files: Sequence[str], *, version: int | None = None) -> DataFrame:
+        """The rows of some of the table's data files, as ``file_uris`` named them."""
 
     def read(
         self,

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from pipelines.tables.delta_rs import DeltaRsStore, normalised_uri
+from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import RECOMMENDATIONS
-from pipelines.tables.store import WriteRequest
+from pipelines.tables.store import WriteRequest, normalised_uri
 
 
 def recs(ds: str, users: range) -> pa.Table:

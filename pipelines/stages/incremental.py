@@ -1,0 +1,112 @@
+"""Incremental nightly runs: what a stage may take over from the previous day, and which users
+it must recompute.
+
+A user's history depends only on their events (and the model's vocabulary and
+``--max-history``), their ``L_P`` only on their history and the model, their top-K list only on
+``L_P``, their seen items and the candidate table.  So day ``D`` is day ``D-1`` with the rows of
+the users whose events changed recomputed, and the rest copied, as long as everything else is
+the same as on ``D-1``.  Each stage checks that it is (:class:`RunMode` says why not, and the stage
+then runs in full); docs/incremental.md has the rules.
+
+The previous day is always the calendar day before ``ds``: after a gap the stage runs in full.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipelines.tables.audit import STATUS_SUCCEEDED, read_audit
+from pipelines.tables.schemas import EVENTS
+from pipelines.tables.store import TableStore, normalised_uri
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+MODE_INCREMENTAL = "incremental"
+MODE_FULL = "full"
+
+
+@dataclass(frozen=True)
+class RunMode:
+    """Whether a stage reuses the previous day's rows (``incremental``), and why (or why not)."""
+
+    incremental: bool
+    reason: str
+    previous_ds: str
+
+    @classmethod
+    def full(cls, previous_ds: str, reason: str) -> RunMode:
+        return cls(False, reason, previous_ds)
+
+    def audit(self) -> dict[str, object]:
+        return {"mode": MODE_INCREMENTAL if self.incremental else MODE_FULL, "mode_reason": self.reason,
+                "previous_ds": self.previous_ds}
+
+
+def previous_ds(ds: str) -> str:
+    return (dt.date.fromisoformat(ds) - dt.timedelta(days=1)).isoformat()
+
+
+def previous_success(store: TableStore, job: str, ds: str) -> Mapping[str, object] | None:
+    """The newest audit row of a ``job`` run that committed for ``ds`` (status succeeded; a
+    skipped retry committed nothing itself)."""
+    rows = [r for r in read_audit(store, ds) if r["job"] == job and r["status"] == STATUS_SUCCEEDED]
+    return rows[-1] if rows else None
+
+
+def metrics_of(row: Mapping[str, object]) -> Mapping[str, object]:
+    metrics = row["metrics"]
+    return metrics if isinstance(metrics, Mapping) else {}
+
+
+def first_difference(previous: Mapping[str, object], now: Mapping[str, object]) -> str | None:
+    """``"<key> was <old>, now <new>"`` for the first key whose value differs, else None."""
+    for key, value in now.items():
+        if previous.get(key) != value:
+            return f"{key} was {previous.get(key)!r} on the previous day, now {value!r}"
+    return None
+
+
+def files_fingerprint(table_uri: str, files: Sequence[str]) -> str:
+    """One value for a set of a table's data files (the candidate table's partition, say): equal
+    while the partition is not rewritten, also when the lakehouse is moved (paths relative)."""
+    root = normalised_uri(table_uri).rstrip("/") + "/"
+    text = "\n".join(sorted(normalised_uri(f).removeprefix(root) for f in files))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class EventsChange:
+    """How ``events`` changed between the version the previous run read and now."""
+
+    version: int  # now
+    table_id: str | None
+    added_files: tuple[str, ...]
+    removed_files: int
+
+
+def events_change(store: TableStore, since_version: int, version: int) -> EventsChange:
+    """The data files added to and removed from ``events`` between two versions (the log only)."""
+    before = {normalised_uri(f): f for f in store.file_uris(EVENTS, version=since_version)}
+    now = {normalised_uri(f): f for f in store.file_uris(EVENTS, version=version)}
+    return EventsChange(version, store.table_id(EVENTS), tuple(now[k] for k in sorted(set(now) - set(before))),
+                        len(set(before) - set(now)))
+
+
+def unchanged_histories(current: DataFrame, previous: DataFrame, *, compare_seen: bool) -> DataFrame:
+    """(user_id) of the users of ``current`` whose history row equals their row in ``previous``
+    (both ``user_histories`` partitions): the same ``item_ids`` and ``ts`` (what ``L_P`` reads)
+    and, with ``compare_seen``, the same ``seen_item_ids`` (what the scorer excludes)."""
+    from pyspark.sql import functions as F
+
+    columns = ["item_ids", "ts", *(["seen_item_ids"] if compare_seen else [])]
+    prev = previous.select("user_id", *[F.col(c).alias(f"prev_{c}") for c in columns])
+    joined = current.select("user_id", *columns).join(prev, "user_id", "inner")
+    same = F.lit(True)
+    for c in columns:
+        same = same & (F.col(c) == F.col(f"prev_{c}"))
+    return joined.where(same).select("user_id")

@@ -1,0 +1,215 @@
+"""Incremental nightly runs equal full runs: the same lakehouse is copied, the same change is made
+to both copies, and the next day runs incrementally on one and with ``full=True`` on the other."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from pipelines.runtime.inference_task import InferenceConfig
+from pipelines.runtime.scoring_task import ScoringConfig
+from pipelines.stages.context import RunContext
+from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.infer_user_links import infer_user_links
+from pipelines.stages.precompute_candidates import precompute_candidates
+from pipelines.stages.score_topk import score_topk
+from pipelines.tables.audit import read_audit
+from pipelines.tables.delta_rs import DeltaRsStore
+from pipelines.tables.schemas import EVENTS, ITEMS
+from pipelines.tables.store import WriteRequest
+from pipelines.tools.input_tables import write_synthetic
+from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
+from tests.factories import make_checkpoint
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+DAY0 = "2024-01-08"
+DAY1 = "2024-01-09"
+MAX_HISTORY = 6  # short, so that new events push old ones out of the window
+K = 5
+KNOWN = 180  # the model knows the first 180 of the 200 items
+
+
+def run_day(spark, root: Path, ds: str, ckpt: Path, *, full: bool = False, allow_empty_ds: bool = False) -> dict:
+    """The four nightly stages of ``ds``; the audit metrics of each stage, by stage."""
+    ctx = RunContext.open(spark, DeltaRsStore(spark, root), ds, f"run-{uuid.uuid4().hex[:8]}", str(ckpt))
+    results = [
+        extract_histories(ctx, MAX_HISTORY, allow_empty_ds=allow_empty_ds, full=full),
+        precompute_candidates(ctx),
+        infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"), full=full),
+        score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=K, candidate_block=64), full=full),
+    ]
+    return {r.stage: r.metrics for r in results}
+
+
+@pytest.fixture(scope="module")
+def base(spark, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A lakehouse with day 0 run (in full: there is no day before it)."""
+    root = tmp_path_factory.mktemp("incremental")
+    cfg = SyntheticConfig(users=300, items=200, days=8, seed=5, mean_events_per_user=8)
+    write_synthetic(None, DeltaRsStore(spark, root / "lake"), cfg)
+    ckpt = root / "model.ckpt"
+    make_checkpoint(ckpt, item_ids(cfg.items)[:KNOWN], max_history=MAX_HISTORY)
+    metrics = run_day(spark, root / "lake", DAY0, ckpt)
+    assert metrics["extract_histories"]["mode"] == "full"
+    return {"root": root, "ckpt": ckpt, "items": item_ids(cfg.items), "cfg": cfg}
+
+
+def copies(base: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """Two copies of the day-0 lakehouse: one for the incremental run, one for the full run."""
+    return shutil.copytree(base["root"] / "lake", tmp_path / "inc"), shutil.copytree(base["root"] / "lake",
+                                                                                     tmp_path / "full")
+
+
+def events(rows: list[tuple[int, int, str]], event_date: str) -> pa.Table:
+    ts = [pd.Timestamp(t, tz="UTC") for _, _, t in rows]
+    return pa.table({"event_date": [event_date] * len(rows), "user_id": [u for u, _, _ in rows],
+                     "item_id": [i for _, i, _ in rows], "ts": pa.array(ts, pa.timestamp("us", tz="UTC"))},
+                    schema=EVENTS.schema)
+
+
+def append(spark, root: Path, table: pa.Table) -> None:
+    DeltaRsStore(spark, root).write_arrow(table, WriteRequest(EVENTS, "append", f"test:{uuid.uuid4().hex}"))
+
+
+def partition(root: Path, table: str, ds: str, keys: list[str]) -> pd.DataFrame:
+    frame = DeltaTable(str(root / table)).to_pandas(filters=[("ds", "=", ds)])
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+def assert_same_tables(inc: Path, full: Path, ds: str) -> None:
+    """user_histories equal; user_links and recommendations the same rows, values within 1e-5."""
+    a, b = partition(inc, "user_histories", ds, ["user_id"]), partition(full, "user_histories", ds, ["user_id"])
+    assert len(a) == len(b) > 0
+    for col in ("user_id", "n", "n_seen"):
+        assert a[col].tolist() == b[col].tolist(), col
+    for col in ("item_ids", "ts", "seen_item_ids"):
+        assert [list(x) for x in a[col]] == [list(x) for x in b[col]], col
+    a, b = partition(inc, "user_links", ds, ["user_id"]), partition(full, "user_links", ds, ["user_id"])
+    assert a.user_id.tolist() == b.user_id.tolist() and set(a.model_version) == set(b.model_version)
+    np.testing.assert_allclose(np.stack(a.l_p.to_numpy()), np.stack(b.l_p.to_numpy()), atol=1e-5)
+    keys = ["user_id", "rank"]
+    a, b = partition(inc, "recommendations", ds, keys), partition(full, "recommendations", ds, keys)
+    for col in ("user_id", "rank", "item_id", "source", "model_version"):
+        assert a[col].tolist() == b[col].tolist(), col
+    np.testing.assert_allclose(a.score.to_numpy(), b.score.to_numpy(), atol=1e-5)
+
+
+def history_changes(root: Path, ds: str, before: str, *, seen: bool = False) -> int:
+    """Users with n > 0 on ``ds`` who are new or whose (item_ids, ts[, seen_item_ids]) differ from ``before``."""
+    now, prev = (partition(root, "user_histories", d, ["user_id"]).set_index("user_id") for d in (ds, before))
+    now = now[now.n > 0]
+    columns = ["item_ids", "ts", *(["seen_item_ids"] if seen else [])]
+    same = [u for u in now.index if u in prev.index and all(list(now[c][u]) == list(prev[c][u]) for c in columns)]
+    return len(now) - len(same)
+
+
+def test_a_day_of_new_events_runs_incrementally_and_equals_a_full_run(spark, base: dict, tmp_path: Path) -> None:
+    """Users with new events, new users, users whose new events are all unknown items, an exact
+    duplicate of an old event, and a late event filed under an earlier day."""
+    inc, full = copies(base, tmp_path)
+    known, unknown = base["items"][:KNOWN], base["items"][KNOWN:]
+    rows = [(u, int(known[(u * 7) % KNOWN]), f"{DAY1} 0{u % 9}:30:00") for u in range(100, 140)]  # existing
+    rows += [(u, int(known[u % KNOWN]), f"{DAY1} 12:00:00") for u in range(99_000, 99_005)]  # new users
+    rows += [(u, int(unknown[u % len(unknown)]), f"{DAY1} 13:00:00") for u in range(200, 205)]  # unknown items
+    rows += [(250, int(known[3]), f"{DAY1} 14:00:00"), (250, int(known[4]), f"{DAY1} 14:00:00")]  # a tie
+    late = events([(280, int(known[5]), "2024-01-05 10:00:00")], "2024-01-05")  # arrives late, filed under its day
+    old = partition(inc, "user_histories", DAY0, ["user_id"]).set_index("user_id")
+    dup_user = int(old.index[old.n > 0][0])
+    newest = pd.Timestamp(old.ts[dup_user][-1])
+    newest = newest.tz_convert(None) if newest.tzinfo else newest
+    dup = events([(dup_user, int(old.item_ids[dup_user][-1]), str(newest))], newest.date().isoformat())
+    for root in (inc, full):
+        append(spark, root, events(rows, DAY1))
+        append(spark, root, pa.concat_tables([late, dup]))
+    metrics = run_day(spark, inc, DAY1, base["ckpt"])
+    run_day(spark, full, DAY1, base["ckpt"], full=True)
+    assert_same_tables(inc, full, DAY1)
+    for stage in ("extract_histories", "infer_user_links", "score_topk"):
+        assert metrics[stage]["mode"] == "incremental", (stage, metrics[stage]["mode_reason"])
+    changed = history_changes(inc, DAY1, DAY0)
+    assert 40 <= changed <= 47  # the 40 + 5 users with known new items, the tie and the late event
+    assert metrics["infer_user_links"]["users_reinferred"] == changed
+    assert metrics["score_topk"]["users_rescored"] == history_changes(inc, DAY1, DAY0, seen=True)
+    users_with_events = len({r[0] for r in rows} | {280, dup_user})
+    assert metrics["extract_histories"]["users_extracted"] == users_with_events
+    assert metrics["extract_histories"]["users_reused"] + users_with_events == metrics["extract_histories"]["users"]
+
+
+def test_a_rerun_of_the_same_day_is_incremental_from_the_day_before(spark, base: dict, tmp_path: Path) -> None:
+    inc, full = copies(base, tmp_path)
+    rows = [(u, int(base["items"][u % KNOWN]), f"{DAY1} 08:00:00") for u in range(100, 110)]
+    for root in (inc, full):
+        append(spark, root, events(rows, DAY1))
+    run_day(spark, inc, DAY1, base["ckpt"])
+    again = run_day(spark, inc, DAY1, base["ckpt"])  # a new run id: everything is done again
+    run_day(spark, full, DAY1, base["ckpt"], full=True)
+    assert again["infer_user_links"]["mode"] == "incremental"
+    assert again["infer_user_links"]["users_reinferred"] == history_changes(inc, DAY1, DAY0)
+    assert_same_tables(inc, full, DAY1)
+
+
+def test_a_day_without_events_reuses_every_row(spark, base: dict, tmp_path: Path) -> None:
+    inc, full = copies(base, tmp_path)
+    metrics = run_day(spark, inc, DAY1, base["ckpt"], allow_empty_ds=True)
+    run_day(spark, full, DAY1, base["ckpt"], full=True, allow_empty_ds=True)
+    assert_same_tables(inc, full, DAY1)
+    assert metrics["extract_histories"]["users_extracted"] == 0
+    assert metrics["infer_user_links"]["users_reinferred"] == 0
+    assert metrics["score_topk"]["users_rescored"] == 0
+
+
+def test_a_missing_previous_day_falls_back_to_a_full_run_and_says_why(spark, base: dict, tmp_path: Path) -> None:
+    inc, _ = copies(base, tmp_path)
+    day2 = (dt.date.fromisoformat(DAY1) + dt.timedelta(days=1)).isoformat()
+    append(spark, inc, events([(100, int(base["items"][0]), f"{day2} 08:00:00")], day2))
+    metrics = run_day(spark, inc, day2, base["ckpt"])
+    for stage in ("extract_histories", "infer_user_links", "score_topk"):
+        assert metrics[stage]["mode"] == "full"
+        assert DAY1 in str(metrics[stage]["mode_reason"]), metrics[stage]["mode_reason"]
+
+
+def test_a_new_model_version_recomputes_everything(spark, base: dict, tmp_path: Path) -> None:
+    inc, full = copies(base, tmp_path)
+    ckpt = tmp_path / "model-2.ckpt"
+    make_checkpoint(ckpt, base["items"][:KNOWN - 10], max_history=MAX_HISTORY, seed=1)
+    rows = [(u, int(base["items"][u % KNOWN]), f"{DAY1} 08:00:00") for u in range(100, 110)]
+    for root in (inc, full):
+        append(spark, root, events(rows, DAY1))
+    metrics = run_day(spark, inc, DAY1, ckpt)
+    run_day(spark, full, DAY1, ckpt, full=True)
+    assert_same_tables(inc, full, DAY1)
+    for stage in ("extract_histories", "infer_user_links", "score_topk"):
+        assert metrics[stage]["mode"] == "full"
+        assert "model_version" in str(metrics[stage]["mode_reason"]), metrics[stage]["mode_reason"]
+
+
+def test_a_changed_items_table_rescores_every_user(spark, base: dict, tmp_path: Path) -> None:
+    inc, full = copies(base, tmp_path)
+    catalogue = base["items"][:KNOWN - 30]  # items leave the catalogue: new candidate table
+    for root in (inc, full):
+        DeltaRsStore(spark, root).write_arrow(
+            pa.table({"item_id": pa.array(catalogue, pa.int64()), "title": pa.nulls(len(catalogue), pa.string())}),
+            WriteRequest(ITEMS, "overwrite", f"test:{uuid.uuid4().hex}"))
+    metrics = run_day(spark, inc, DAY1, base["ckpt"], allow_empty_ds=True)
+    run_day(spark, full, DAY1, base["ckpt"], full=True, allow_empty_ds=True)
+    assert_same_tables(inc, full, DAY1)
+    assert metrics["infer_user_links"]["mode"] == "incremental"
+    assert metrics["score_topk"]["mode"] == "full"
+    assert "candidates_fingerprint" in str(metrics["score_topk"]["mode_reason"])
+
+
+def test_the_audit_of_day_0_records_what_the_next_day_needs(base: dict) -> None:
+    rows = [r for r in read_audit(DeltaRsStore(None, base["root"] / "lake"), DAY0) if r["status"] == "succeeded"]
+    by_job = {r["job"]: r["metrics"] for r in rows}
+    assert isinstance(by_job["extract_histories"]["events_version"], int)
+    assert by_job["extract_histories"]["max_history"] == MAX_HISTORY
+    assert by_job["score_topk"]["top_k"] == K and len(by_job["score_topk"]["candidates_fingerprint"]) == 32

@@ -83,10 +83,15 @@ with DAG(
         "user_candidates": Param(False, type="boolean", title="user_candidates",
                                  description="rank each user's own list from user_candidates(ds) "
                                              "(written by a retrieval stage) instead of the whole catalogue"),
+        "full_run": Param(False, type="boolean", title="full_run",
+                          description="recompute every user; by default each stage reuses the previous "
+                                      "day's rows of users without new events when it can (the audit row "
+                                      "says which mode ran and why)"),
     },
 ) as dag:
     partition = ["--lakehouse", "{{ params.lakehouse }}", "--ds", RUN_DATE, "--run-id", RUN_ID]
     checkpoint = ["--checkpoint", "{{ params.checkpoint }}"]
+    full_run = "{{ '--full' if params.full_run else '' }}"
     # what score_topk ranked, which validate_publish must know to expect the right rows per user
     ranking = [
         "--top-k", "{{ params.top_k }}",
@@ -96,7 +101,7 @@ with DAG(
 
     extract_histories = LimeRankSparkSubmitOperator(
         task_id="extract_histories", job="extract_histories",
-        application_args=[*partition, *checkpoint, "--max-history", "{{ params.max_history }}"],
+        application_args=[*partition, *checkpoint, "--max-history", "{{ params.max_history }}", full_run],
     )
     precompute_candidates = LimeRankSparkSubmitOperator(
         task_id="precompute_candidates", job="precompute_candidates",
@@ -104,11 +109,12 @@ with DAG(
     )
     infer_user_links = LimeRankSparkSubmitOperator(
         task_id="infer_user_links", job="infer_user_links",
-        application_args=[*partition, *checkpoint],
+        application_args=[*partition, *checkpoint, full_run],
     )
     score_topk = LimeRankSparkSubmitOperator(
         task_id="score_topk", job="score_topk",
-        application_args=[*partition, *checkpoint, *ranking, "--candidate-mode", "{{ params.candidate_mode }}"],
+        application_args=[*partition, *checkpoint, *ranking, "--candidate-mode", "{{ params.candidate_mode }}",
+                          full_run],
     )
     validate_publish = LimeRankSparkSubmitOperator(
         task_id="validate_publish", job="validate_publish",

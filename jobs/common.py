@@ -100,6 +100,12 @@ def add_run_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) ->
                              "skips a commit that already landed. Default: a fresh id")
 
 
+def add_full_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--full", action="store_true",
+                        help="recompute every user (default: incremental from the previous day when its "
+                             "outputs can be reused; the audit row says which ran and why)")
+
+
 def checkpoint_path(uri: str) -> str:
     if uri.startswith("file://"):
         return uri[len("file://"):]

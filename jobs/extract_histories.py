@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
+from jobs.common import add_full_arg, add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the last N events per user (default 200)")
     parser.add_argument("--allow-empty-ds", action="store_true",
                         help="accept a ds without any event (default: refuse, the upstream day may be missing)")
+    add_full_arg(parser)
     add_spark_args(parser)
     return parser
 
@@ -30,7 +31,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     HistoryConfig(ds=args.ds, max_history=args.max_history)  # validate before starting Spark
     ctx = open_run(args, "lime-rank extract_histories")
-    report_stage(extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds))
+    report_stage(extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds, full=args.full))
     return 0
 
 

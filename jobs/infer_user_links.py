@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
+from jobs.common import add_full_arg, add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="max padded tokens per inference batch")
     parser.add_argument("--partitions", type=positive_int, default=None,
                         help="inference partitions (default: spark.default.parallelism)")
+    add_full_arg(parser)
     add_spark_args(parser)
     return parser
 
@@ -37,7 +38,7 @@ def _main(argv: list[str] | None) -> int:
     cfg = InferenceConfig(checkpoint=ctx.checkpoint_path, model_version=ctx.model_version,
                           device=args.inference_device, max_tokens_per_batch=args.batch_tokens,
                           partitions=args.partitions)
-    report_stage(infer_user_links(ctx, cfg))
+    report_stage(infer_user_links(ctx, cfg, full=args.full))
     return 0
 
 

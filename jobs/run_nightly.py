@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
+from jobs.common import add_full_arg, add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
 from jobs.score_topk import add_scoring_args, scoring_config
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accept a ds without any event (default: refuse, the upstream day may be missing)")
     parser.add_argument("--inference-device", choices=("auto", "cpu", "cuda"), default="auto")
     add_scoring_args(parser)
+    add_full_arg(parser)
     add_spark_args(parser)
     return parser
 
@@ -40,11 +41,12 @@ def _main(argv: list[str] | None) -> int:
     scoring = scoring_config(args, ctx.checkpoint_path, ctx.model_version)
     # before stage 1, not after three committed stages
     check_top_k(scoring.top_k, catalogue_size(ctx), "of table 'items' known to the model")
-    report_stage(extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds))
+    report_stage(extract_histories(ctx, args.max_history, allow_empty_ds=args.allow_empty_ds, full=args.full))
     report_stage(precompute_candidates(ctx, args.inference_device))
     report_stage(infer_user_links(ctx, InferenceConfig(
-        checkpoint=ctx.checkpoint_path, model_version=ctx.model_version, device=args.inference_device)))
-    report_stage(score_topk(ctx, scoring))
+        checkpoint=ctx.checkpoint_path, model_version=ctx.model_version, device=args.inference_device),
+        full=args.full))
+    report_stage(score_topk(ctx, scoring, full=args.full))
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
+from jobs.common import add_full_arg, add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
 
 
 def add_scoring_args(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser)
     add_scoring_args(parser)
+    add_full_arg(parser)
     add_spark_args(parser)
     return parser
 
@@ -51,7 +52,7 @@ def _main(argv: list[str] | None) -> int:
 
     args = build_parser().parse_args(argv)
     ctx = open_run(args, "lime-rank score_topk")
-    report_stage(score_topk(ctx, scoring_config(args, ctx.checkpoint_path, ctx.model_version)))
+    report_stage(score_topk(ctx, scoring_config(args, ctx.checkpoint_path, ctx.model_version), full=args.full))
     return 0
 
 

@@ -145,7 +145,7 @@ def test_params_defaults_come_from_the_environment_at_parse_time(
 
 @pytest.mark.parametrize("conf", [
     {"top_k": 0}, {"top_k": "ten"}, {"top_k": 1001}, {"max_history": 0}, {"exclude_seen": "yes"},
-    {"candidate_mode": "fast"}, {"lakehouse": ""},
+    {"candidate_mode": "fast"}, {"lakehouse": ""}, {"full_run": "yes"},
 ])
 def test_invalid_conf_is_rejected_by_param_validation(dagbag: Any, conf: dict[str, Any]) -> None:
     from airflow.sdk.exceptions import ParamValidationError
@@ -180,6 +180,16 @@ def test_conf_override_changes_k_and_flags_of_scoring_and_gate(dagbag: Any) -> N
     args = _render(dag, "score_topk", {"candidate_mode": "sharded", "checkpoint": "/m.pt"}, when)
     assert (_flag(args, "--candidate-mode"), _flag(args, "--checkpoint")) == ("sharded", "/m.pt")
     assert _flag(_render(dag, "extract_histories", {"max_history": 50}, when), "--max-history") == "50"
+
+
+def test_nightly_runs_incrementally_unless_the_full_run_param_is_set(dagbag: Any) -> None:
+    dag = dagbag.dags[NIGHTLY]
+    when = dt.datetime(2024, 1, 5, 2, tzinfo=dt.UTC)
+    for task_id in ("extract_histories", "infer_user_links", "score_topk"):
+        assert "--full" not in _render(dag, task_id, {}, when)
+        assert "--full" in _render(dag, task_id, {"full_run": True}, when)
+    for task_id in ("precompute_candidates", "validate_publish"):  # they take no such flag
+        assert "--full" not in _render(dag, task_id, {"full_run": True}, when)
 
 
 def test_run_without_logical_date_uses_run_after_as_ds(dagbag: Any) -> None:

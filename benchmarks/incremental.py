@@ -111,6 +111,29 @@ def differences(inc: Path, full: Path, ds: str) -> list[str]:
     return out
 
 
+def changed_users(root: Path) -> set[int]:
+    """Users whose history row differs between the two days (or who are new)."""
+    before, after = (read_partition(root, "user_histories", ds, ["user_id"]).set_index("user_id")
+                     for ds in (DAY0, DAY1))
+    same = before.index.intersection(after.index)
+    differs = {int(u) for u in same if not (np.array_equal(before.item_ids[u], after.item_ids[u])
+                                            and np.array_equal(before.ts[u], after.ts[u])
+                                            and np.array_equal(before.seen_item_ids[u], after.seen_item_ids[u]))}
+    return differs | {int(u) for u in after.index.difference(before.index)}
+
+
+def reusable_files(root: Path, table: str, changed: set[int]) -> dict[str, Any]:
+    """How many of ``table``'s day-0 files hold no changed user: the files a day-1 partition could
+    reuse by pointing at them (Delta add actions with ``ds`` = day 1) instead of copying rows."""
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    files = DeltaTable(str(root / table)).file_uris(partition_filters=[("ds", "=", DAY0)])
+    clean = sum(1 for f in files if not changed.intersection(
+        pq.read_table(f.removeprefix("file://"), columns=["user_id"]).column(0).to_pylist()))
+    return {"files": len(files), "reusable": clean, "share": round(clean / max(len(files), 1), 4)}
+
+
 def build_day0(spark: Any, root: Path, users: int, items: int, seed: int) -> tuple[str, np.ndarray, float, int]:
     """Synthetic events of 30 days and day 30 run in full: (checkpoint, item ids, seconds, events)."""
     from lime_model.synthetic import random_checkpoint
@@ -143,12 +166,15 @@ def measure(spark: Any, tmp: Path, users: int, items: int, active: float, seed: 
     log(f"full run {full['seconds_total']:.1f} s; incremental run")
     inc = run_day(spark, base, DAY1, ckpt, full=False)
     diff = differences(base, full_root, DAY1)
+    changed = changed_users(base)
+    pointers = {t: reusable_files(base, t, changed) for t in ("user_links", "recommendations")}
     return {
         "users": users, "items": items, "active_fraction": active, "days": 31, "events_before": events,
         "events_day1": extra.num_rows, "model": MODEL, "top_k": K, "day0_full_s": round(day0_s, 2),
         "full_s": round(full["seconds_total"], 2), "incremental_s": round(inc["seconds_total"], 2),
         "speedup": round(full["seconds_total"] / inc["seconds_total"], 2),
-        "identical_to_full": not diff, "differences": diff,
+        "identical_to_full": not diff, "differences": diff, "users_changed": len(changed),
+        "reusable_file_share": pointers,
         "stages_full_s": {k: round(v, 2) for k, v in full["seconds"].items()},
         "stages_incremental_s": {k: round(v, 2) for k, v in inc["seconds"].items()},
         "audit_full": full["audit"], "audit_incremental": inc["audit"],

@@ -22,7 +22,7 @@ from pipelines.stages.incremental import (
     first_difference,
     metrics_of,
     previous_ds,
-    previous_success,
+    previous_run,
 )
 from pipelines.tables.audit import AuditRecord, audited
 from pipelines.tables.schemas import EVENTS, USER_HISTORIES
@@ -48,9 +48,9 @@ def extract_mode(ctx: RunContext, max_history: int, events_version: int,
     prev = previous_ds(ctx.ds)
     if full:
         return RunMode.full(prev, "a full run was asked for (--full)"), None
-    row = previous_success(ctx.store, EXTRACT_HISTORIES, prev)
+    row, why_not = previous_run(ctx.store, EXTRACT_HISTORIES, prev, tables=[USER_HISTORIES.name])
     if row is None:
-        return RunMode.full(prev, f"no successful extract_histories run for the previous day {prev}"), None
+        return RunMode.full(prev, why_not), None
     if ctx.store.partition_rows(USER_HISTORIES, {"ds": prev}) == 0:
         return RunMode.full(prev, f"user_histories has no rows for ds={prev} (rolled back?)"), None
     metrics = metrics_of(row)

@@ -51,11 +51,23 @@ def previous_ds(ds: str) -> str:
     return (dt.date.fromisoformat(ds) - dt.timedelta(days=1)).isoformat()
 
 
-def previous_success(store: TableStore, job: str, ds: str) -> Mapping[str, object] | None:
-    """The newest audit row of a ``job`` run that committed for ``ds`` (status succeeded; a
-    skipped retry committed nothing itself)."""
-    rows = [r for r in read_audit(store, ds) if r["job"] == job and r["status"] == STATUS_SUCCEEDED]
-    return rows[-1] if rows else None
+def previous_run(store: TableStore, job: str, ds: str, *, upstream: Sequence[str] = (),
+                 tables: Sequence[str] = ()) -> tuple[Mapping[str, object] | None, str]:
+    """(the audit row of the ``job`` run whose output for ``ds`` is still in place, "") or (None,
+    why there is none).
+
+    That is the newest ``job`` run that committed (status succeeded: a skipped retry committed
+    nothing), provided no ``upstream`` stage committed for ``ds`` after it (its output would no
+    longer match its input) and none of ``tables`` was rolled back for ``ds`` after it."""
+    rollbacks = {f"rollback:{t}" for t in tables}
+    rows = [r for r in read_audit(store, ds)
+            if (r["job"] in (job, *upstream) and r["status"] == STATUS_SUCCEEDED) or r["job"] in rollbacks]
+    if not any(r["job"] == job for r in rows):
+        return None, f"no successful {job} run for the previous day {ds}"
+    last = rows[-1]
+    if last["job"] != job:
+        return None, f"{last['job']} ran for the previous day {ds} after its last {job} run"
+    return last, ""
 
 
 def metrics_of(row: Mapping[str, object]) -> Mapping[str, object]:

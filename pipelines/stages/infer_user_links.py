@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipelines.stages.context import (
+    EXTRACT_HISTORIES,
     INFER_USER_LINKS,
     RunContext,
     StageResult,
@@ -19,7 +20,7 @@ from pipelines.stages.context import (
     require_partition,
     timed,
 )
-from pipelines.stages.incremental import RunMode, previous_ds, unchanged_histories
+from pipelines.stages.incremental import RunMode, previous_ds, previous_run, unchanged_histories
 from pipelines.tables.audit import AuditRecord, audited
 from pipelines.tables.schemas import USER_HISTORIES, USER_LINKS
 from pipelines.tables.store import CommitResult, WriteRequest
@@ -35,6 +36,10 @@ def infer_mode(ctx: RunContext, full: bool) -> RunMode:
     prev = previous_ds(ctx.ds)
     if full:
         return RunMode.full(prev, "a full run was asked for (--full)")
+    row, why_not = previous_run(ctx.store, INFER_USER_LINKS, prev, upstream=[EXTRACT_HISTORIES],
+                                tables=[USER_HISTORIES.name, USER_LINKS.name])
+    if row is None:
+        return RunMode.full(prev, why_not)
     if ctx.store.partition_rows(USER_LINKS, {"ds": prev}) == 0:
         return RunMode.full(prev, f"user_links has no rows for the previous day {prev}")
     if ctx.store.partition_rows(USER_HISTORIES, {"ds": prev}) == 0:

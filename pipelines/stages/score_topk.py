@@ -15,6 +15,8 @@ import pyarrow as pa
 
 from pipelines.errors import ModelVersionMismatchError, PartitionNotFoundError, reraise_task_error
 from pipelines.stages.context import (
+    EXTRACT_HISTORIES,
+    INFER_USER_LINKS,
     SCORE_TOPK,
     RunContext,
     StageResult,
@@ -29,7 +31,7 @@ from pipelines.stages.incremental import (
     first_difference,
     metrics_of,
     previous_ds,
-    previous_success,
+    previous_run,
     unchanged_histories,
 )
 from pipelines.stages.scoring_plan import ScoringPlan, ScoringSizes, check_top_k, plan_scoring
@@ -143,9 +145,10 @@ def score_mode(ctx: RunContext, cfg: ScoringConfig, signature: dict[str, object]
         return RunMode.full(prev, "a full run was asked for (--full)")
     if cfg.per_user_candidates:
         return RunMode.full(prev, "per-user candidate lists (user_candidates) are a new input every day")
-    row = previous_success(ctx.store, SCORE_TOPK, prev)
+    row, why_not = previous_run(ctx.store, SCORE_TOPK, prev, upstream=[EXTRACT_HISTORIES, INFER_USER_LINKS],
+                                tables=[USER_HISTORIES.name, USER_LINKS.name, RECOMMENDATIONS.name])
     if row is None:
-        return RunMode.full(prev, f"no successful score_topk run for the previous day {prev}")
+        return RunMode.full(prev, why_not)
     for spec in (RECOMMENDATIONS, USER_HISTORIES):
         if ctx.store.partition_rows(spec, {"ds": prev}) == 0:
             return RunMode.full(prev, f"{spec.name} has no rows for the previous day {prev}")

@@ -207,6 +207,24 @@ def test_a_changed_items_table_rescores_every_user(spark, base: dict, tmp_path: 
     assert "candidates_fingerprint" in str(metrics["score_topk"]["mode_reason"])
 
 
+def test_a_stage_whose_previous_output_no_longer_matches_its_input_runs_in_full(
+    spark, base: dict, tmp_path: Path,
+) -> None:
+    """Day 0's histories extracted again after its links were inferred: day 1 must not reuse them."""
+    inc, full = copies(base, tmp_path)
+    for root in (inc, full):
+        append(spark, root, events([(100, int(base["items"][0]), "2024-01-08 23:00:00")], DAY0))
+    ctx = RunContext.open(spark, DeltaRsStore(spark, inc), DAY0, "re-extract", str(base["ckpt"]))
+    extract_histories(ctx, MAX_HISTORY)
+    metrics = run_day(spark, inc, DAY1, base["ckpt"], allow_empty_ds=True)
+    run_day(spark, full, DAY1, base["ckpt"], full=True, allow_empty_ds=True)
+    assert_same_tables(inc, full, DAY1)
+    assert metrics["extract_histories"]["mode"] == "incremental"
+    for stage in ("infer_user_links", "score_topk"):
+        assert metrics[stage]["mode"] == "full"
+        assert f"extract_histories ran for the previous day {DAY0} after" in str(metrics[stage]["mode_reason"])
+
+
 def test_the_audit_of_day_0_records_what_the_next_day_needs(base: dict) -> None:
     rows = [r for r in read_audit(DeltaRsStore(None, base["root"] / "lake"), DAY0) if r["status"] == "succeeded"]
     by_job = {r["job"]: r["metrics"] for r in rows}

@@ -100,14 +100,24 @@ def differences(inc: Path, full: Path, ds: str) -> list[str]:
     a, b = (read_partition(r, "user_links", ds, ["user_id"]) for r in (inc, full))
     if not a.user_id.equals(b.user_id):
         out.append("user_links.user_id")
-    elif len(a) and float(np.abs(np.stack(a.l_p.to_numpy()) - np.stack(b.l_p.to_numpy())).max()) > 1e-5:
-        out.append("user_links.l_p")
+    elif len(a):
+        gap = np.abs(np.stack(a.l_p.to_numpy()) - np.stack(b.l_p.to_numpy())).max(axis=1)
+        if gap.max() > 1e-5:
+            out.append(f"user_links.l_p: {int((gap > 1e-5).sum())} user(s) differ by more than 1e-5, "
+                       f"at most {gap.max():.2e} (users {a.user_id[gap > 1e-5].tolist()[:5]})")
     a, b = (read_partition(r, "recommendations", ds, ["user_id", "rank"]) for r in (inc, full))
-    for col in ("user_id", "rank", "item_id", "source", "model_version"):
+    for col in ("user_id", "rank", "source", "model_version"):
         if len(a) != len(b) or not a[col].equals(b[col]):
             out.append(f"recommendations.{col}")
-    if len(a) == len(b) and len(a) and float(np.abs(a.score.to_numpy() - b.score.to_numpy()).max()) > 1e-5:
-        out.append("recommendations.score")
+    if out[-1:] == ["recommendations.rank"] or len(a) != len(b):
+        return out
+    swapped = a.user_id[a.item_id != b.item_id].unique()
+    if len(swapped):
+        out.append(f"recommendations.item_id: {len(swapped)} user(s) (users {swapped.tolist()[:5]})")
+    gap = np.abs(a.score.to_numpy() - b.score.to_numpy()) / np.maximum(1.0, np.abs(b.score.to_numpy()))
+    if len(gap) and gap.max() > 1e-5:
+        out.append(f"recommendations.score: {int((gap > 1e-5).sum())} score(s) differ by more than 1e-5 "
+                   f"(relative to max(1, |score|)), at most {gap.max():.2e}")
     return out
 
 

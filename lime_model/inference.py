@@ -1,8 +1,8 @@
 """Batched user-side inference: histories -> ``L_P`` rows for the ``user_links`` table.
 
-Users are sorted by history length and cut into batches of at most
-``max_tokens_per_batch`` cells (batch size x longest history in it), so the
-padding a batch carries is bounded by the length spread inside it; the output
+Users are grouped by the width their history is padded to (:func:`padded_length`, a
+function of their own length only, so that a user's ``L_P`` does not depend on the other
+users of a run) and cut into batches of at most ``max_tokens_per_batch`` cells; the output
 rows come back in input order.
 """
 
@@ -15,24 +15,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from lime_model.data import right_align
-
 log = logging.getLogger(__name__)
 
 
+EXACT_LENGTHS = 64  # histories up to this long are batched with others of exactly their length
+
+
+def padded_length(n: int) -> int:
+    """The width a history of ``n`` items is padded to: ``n`` itself up to :data:`EXACT_LENGTHS`,
+    beyond that ``n`` rounded up to an eighth of its power of two (at most 12.5% padding).
+
+    It depends on the user's own length only, never on the other users of a batch: padding
+    changes the float rounding of attention, so a user's ``L_P`` would otherwise change (by
+    ~1e-5) with whoever shares the batch, and an incremental night, which encodes only some
+    users, would not reproduce a full one."""
+    if n <= EXACT_LENGTHS:
+        return max(n, 1)
+    step = 1 << (n.bit_length() - 4)
+    return -(-n // step) * step
+
+
 def length_batches(lengths: np.ndarray, max_tokens_per_batch: int) -> list[np.ndarray]:
-    """lengths ``(U,)`` -> batches of user positions, longest first, each with
-    ``len(batch) * max(lengths[batch]) <= max_tokens_per_batch`` (or a single user)."""
+    """lengths ``(U,)`` -> batches of user positions, longest first, each of one
+    :func:`padded_length` and with ``len(batch) * padded_length <= max_tokens_per_batch``
+    (or a single user)."""
     if max_tokens_per_batch < 1:
         raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
-    order = np.argsort(-lengths, kind="stable")  # (U,)
-    batches, start = [], 0
-    while start < len(order):
-        longest = int(lengths[order[start]])
-        size = max(1, max_tokens_per_batch // max(longest, 1))
-        batches.append(order[start:start + size])
-        start += size
+    widths = np.fromiter((padded_length(int(n)) for n in lengths), dtype=np.int64, count=len(lengths))
+    order = np.lexsort((-lengths, -widths))  # (U,) widest first, stable by length
+    batches = []
+    for width in np.unique(widths)[::-1]:
+        group = order[widths[order] == width]
+        size = max(1, max_tokens_per_batch // int(width))
+        batches += [group[i:i + size] for i in range(0, len(group), size)]
     return batches
+
+
+def _aligned(rows: list[np.ndarray], width: int, fill: float | int) -> np.ndarray:
+    """Rows flush right in a ``(len(rows), width)`` array filled with ``fill`` (newest last)."""
+    out = np.full((len(rows), width), fill, dtype=rows[0].dtype)
+    for i, row in enumerate(rows):
+        out[i, width - len(row):] = row
+    return out
 
 
 def encode_histories(model: nn.Module, histories: list[np.ndarray], timestamps: list[np.ndarray] | None,
@@ -75,10 +99,11 @@ def encode_histories(model: nn.Module, histories: list[np.ndarray], timestamps: 
     try:
         with torch.inference_mode(), autocast:
             for batch in length_batches(lengths, max_tokens_per_batch):
-                h = torch.from_numpy(right_align([hist[i] for i in batch], 0)).to(device)  # (b, n)
+                cols = padded_length(int(lengths[batch[0]]))
+                h = torch.from_numpy(_aligned([hist[i] for i in batch], cols, 0)).to(device)  # (b, n)
                 t = None
                 if times is not None:
-                    t = torch.from_numpy(right_align([times[i] for i in batch], 0.0)).to(device)  # (b, n)
+                    t = torch.from_numpy(_aligned([times[i] for i in batch], cols, 0.0)).to(device)  # (b, n)
                 l_p = model.encode_links(h, t)  # (b, ell, d)
                 out[batch] = l_p.float().reshape(len(batch), width).cpu().numpy()
     finally:

@@ -86,8 +86,10 @@ def changed_users(ctx: RunContext, cfg: h.HistoryConfig, change: EventsChange, p
 
 
 def _scan_events(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, version: int,
-                 only: DataFrame | None, allow_empty_ds: bool) -> tuple[DataFrame, dict[str, int]]:
-    """The flagged events (of the ``only`` users, if given) and their drop counts."""
+                 only: DataFrame | None, allow_empty_ds: bool,
+                 frames: list[DataFrame]) -> tuple[DataFrame, dict[str, int]]:
+    """The flagged events (of the ``only`` users, if given: persisted, a small set grouped later
+    without a second scan) and their drop counts."""
     events = ctx.store.read_table("events", version=version)
     h.check_events_schema(events)
     events = h.with_source_order(events)  # on the read itself: prune_events' Union hides _metadata
@@ -98,6 +100,8 @@ def _scan_events(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, ver
     if only is not None:
         pruned = pruned.join(only, "user_id", "left_semi")
     flagged = h.flag_events(pruned, cfg)
+    if only is not None:
+        flagged = _persisted(frames, flagged)
     drops = timed(record, "scan_events", lambda: h.drop_counts(flagged))
     if not allow_empty_ds:
         require_events_on_ds(ctx, drops["events_on_ds"])
@@ -134,6 +138,23 @@ def _reused_rows(ctx: RunContext, prev: str, changed: DataFrame) -> DataFrame:
             .select(*USER_HISTORIES.schema.names))
 
 
+def _events_version(ctx: RunContext) -> int:
+    version = ctx.store.version(EVENTS)
+    if version is None:
+        from pipelines.errors import TableNotFoundError
+
+        raise TableNotFoundError("events", ctx.store.uri("events"))
+    return version
+
+
+def _persisted(frames: list[DataFrame], frame: DataFrame) -> DataFrame:
+    """``frame`` persisted, and remembered in ``frames`` to unpersist when the stage ends."""
+    from pyspark import StorageLevel
+
+    frames.append(frame.persist(StorageLevel.MEMORY_AND_DISK))
+    return frames[-1]
+
+
 def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool = False,
                       full: bool = False) -> StageResult:
     """``events`` up to the end of ``ds`` -> ``user_histories(ds)``, incremental unless ``full``
@@ -142,8 +163,6 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
     A ``ds`` without a single valid event is :class:`PartitionNotFoundError` (histories that
     silently stop at an earlier day would be published as today's) unless ``allow_empty_ds``.
     """
-    from pyspark import StorageLevel
-
     cfg = h.HistoryConfig(ds=ctx.ds, max_history=max_history)
     app_id = ctx.app_id(EXTRACT_HISTORIES)
     with audited(ctx.store, EXTRACT_HISTORIES, ctx.ds, ctx.run_id) as record:
@@ -152,22 +171,17 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         if done:
             return done
         ctx.store.check_schema(USER_HISTORIES)  # an outdated table is refused before the scan, not after
-        version = ctx.store.version(EVENTS)
-        if version is None:
-            from pipelines.errors import TableNotFoundError
-
-            raise TableNotFoundError("events", ctx.store.uri("events"))
+        version = _events_version(ctx)
         record.metrics.update(events_version=version, events_table_id=ctx.store.table_id(EVENTS),
                               max_history=max_history)
         mode, change = extract_mode(ctx, max_history, version, full)
         record.metrics.update(mode.audit())
-        changed = None
-        if change is not None:
-            changed = timed(record, "find_changed_users", lambda: changed_users(
-                ctx, cfg, change, mode.previous_ds).persist(StorageLevel.MEMORY_AND_DISK))
-        flagged, drops = _scan_events(ctx, record, cfg, version, changed, allow_empty_ds)
-        per_user = h.user_event_lists(flagged, ctx.vocabulary(), cfg).persist(StorageLevel.MEMORY_AND_DISK)
+        frames: list[DataFrame] = []
         try:
+            changed = None if change is None else _persisted(frames, changed_users(ctx, cfg, change,
+                                                                                   mode.previous_ds))
+            flagged, drops = _scan_events(ctx, record, cfg, version, changed, allow_empty_ds, frames)
+            per_user = _persisted(frames, h.user_event_lists(flagged, ctx.vocabulary(), cfg))
             kept = timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
             histories = h.to_histories(per_user, cfg)
             reused = 0
@@ -184,7 +198,6 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
                                    metadata={"model_version": ctx.model_version, "max_history": max_history})
             commit = timed(record, "write", lambda: ctx.store.write(histories, request))
         finally:
-            per_user.unpersist()
-            if changed is not None:
-                changed.unpersist()
+            for frame in frames:
+                frame.unpersist()
         return finish(record, commit)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from lime_helpers import tiny_config, tiny_model
 
-from lime_model.inference import encode_histories, length_batches
+from lime_model.inference import encode_histories, length_batches, padded_length
 
 CPU = torch.device("cpu")
 
@@ -64,7 +64,32 @@ def test_length_batches_bound_tokens_and_cover_every_user_once() -> None:
     assert sorted(np.concatenate(batches).tolist()) == list(range(7))
     for batch in batches:
         assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 64
-    assert [lengths[b].tolist() for b in batches] == [[100], [64], [30, 30], [7, 5, 1]]
+    assert [lengths[b].tolist() for b in batches] == [[100], [64], [30, 30], [7], [5], [1]]
+
+
+def test_padded_length_is_exact_for_short_histories_and_within_an_eighth_beyond() -> None:
+    assert [padded_length(n) for n in (1, 7, 64)] == [1, 7, 64]
+    for n in range(65, 5000):
+        assert n <= padded_length(n) <= n * 1.125
+    assert padded_length(65) == padded_length(72) == 72
+
+
+def test_an_encoded_user_barely_depends_on_who_else_is_in_the_run(tmp_path) -> None:
+    """A user's padding depends on their own length only, so encoding some users (an incremental
+    night) gives their L_P of a full night up to GEMM rounding (~4e-7 here), not up to the
+    rounding of other padded widths (~1e-5 with the widths of a batch's longest history)."""
+    from lime_model.checkpoint import build_model, load_checkpoint
+    from lime_model.synthetic import random_checkpoint
+
+    random_checkpoint(tmp_path / "m.ckpt", np.arange(1, 3000), seed=0, d_model=32, n_heads=2, n_links=8,
+                      n_layers=2, max_history=50, use_time_gaps=True)
+    model = build_model(load_checkpoint(tmp_path / "m.ckpt"))
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, 3000, size=int(n)).astype(np.int64) for n in rng.integers(1, 51, size=3000)]
+    times = [np.sort(rng.uniform(1.7e9, 1.71e9, size=len(h))) for h in histories]
+    everyone = encode_histories(model, histories, times, CPU)
+    some = encode_histories(model, histories[::3], times[::3], CPU, max_tokens_per_batch=4096)
+    assert np.abs(everyone[::3] - some).max() < 1e-6
 
 
 def test_encode_histories_restores_training_mode() -> None:

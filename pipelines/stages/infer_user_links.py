@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pyarrow as pa
+
 from pipelines.stages.context import (
     EXTRACT_HISTORIES,
     INFER_USER_LINKS,
@@ -26,9 +29,11 @@ from pipelines.tables.schemas import USER_HISTORIES, USER_LINKS
 from pipelines.tables.store import CommitResult, WriteRequest
 
 if TYPE_CHECKING:
+    from pyspark import Accumulator
     from pyspark.sql import DataFrame
 
     from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.tables.store import ArrowTask
 
 
 def infer_mode(ctx: RunContext, full: bool) -> RunMode:
@@ -59,38 +64,52 @@ def _link_versions(ctx: RunContext, ds: str) -> list[str]:
     return sorted(r.model_version for r in links.select("model_version").distinct().collect())
 
 
-def _split_users(ctx: RunContext, histories: DataFrame, prev: str) -> tuple[DataFrame, DataFrame]:
-    """(users to encode: rows of ``histories``; rows of the previous day's ``user_links`` to copy,
-    as rows of ``ds``)."""
+def _kept_users(ctx: RunContext, histories: DataFrame, prev: str) -> np.ndarray:
+    """Sorted ids of the users whose L_P of the previous day still holds: a history (n > 0) equal
+    to the previous day's, and a row in its user_links."""
     from pyspark.sql import functions as F
 
-    usable = histories.where(F.col("n") > 0)
-    same = unchanged_histories(usable, ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=False)
-    reused = (ctx.store.read(USER_LINKS, partition={"ds": prev}).join(same, "user_id", "left_semi")
-              .withColumn("ds", F.lit(ctx.ds)).select(*USER_LINKS.schema.names))
-    return usable.join(reused.select("user_id"), "user_id", "left_anti"), reused
+    same = unchanged_histories(histories.where(F.col("n") > 0),
+                               ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=False)
+    linked = ctx.store.read(USER_LINKS, partition={"ds": prev}).select("user_id")
+    ids = same.join(linked, "user_id", "left_semi").toArrow().column("user_id")
+    return np.sort(ids.to_numpy().astype(np.int64))
+
+
+def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord, histories: DataFrame,
+                       prev: str, records: Accumulator) -> list[tuple[DataFrame, ArrowTask]]:
+    """Encode the users whose history changed; copy the others' rows of the previous day."""
+    from pyspark.sql import functions as F
+
+    from pipelines.runtime.inference_task import inference_input, inference_task
+    from pipelines.runtime.row_copy import copy_part
+
+    keep = timed(record, "find_changed_users", lambda: _kept_users(ctx, histories, prev))
+    record.count("users_reused", len(keep))
+    keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
+    to_encode = histories.where(F.col("n") > 0).join(F.broadcast(keep_frame), "user_id", "left_anti")
+    partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
+    copy = copy_part(ctx.spark, USER_LINKS, file_list_exact=ctx.store.file_list_exact,
+                     files=ctx.store.file_uris(USER_LINKS, partition={"ds": prev}),
+                     previous=ctx.store.read(USER_LINKS, partition={"ds": prev}), partition={"ds": ctx.ds},
+                     keep=ctx.spark.sparkContext.broadcast(keep), keep_frame=keep_frame)
+    return [(inference_input(to_encode, partitions), inference_task(cfg, ctx.ds, records)), copy]
 
 
 def _encode_and_write(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord, histories: DataFrame,
                       mode: RunMode, request: WriteRequest) -> tuple[CommitResult, list[dict[str, object]]]:
-    """Encode (and, incremental, copy) and commit; the inference tasks' records."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
+    """Encode (and, incremental, copy) and commit, each task writing its rows to its own files;
+    the inference tasks' records."""
     from pipelines.runtime.inference_task import TaskRecords, inference_input, inference_task
 
     records = ctx.spark.sparkContext.accumulator([], TaskRecords())
     partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
     record.metrics["partitions"] = partitions
-    if not mode.incremental:
-        # each task writes its L_P straight to its files: the rows never pass through the JVM
-        commit = timed(record, "infer_and_write", lambda: ctx.store.write_mapped(
-            inference_input(histories, partitions), inference_task(cfg, ctx.ds, records), request))
-        return commit, records.value
-    to_encode, reused = _split_users(ctx, histories, mode.previous_ds)
-    record.count("users_reused", timed(record, "count_reused", reused.count))
-    encoded = inference_input(to_encode, partitions).mapInArrow(inference_task(cfg, ctx.ds, records),
-                                                                 from_arrow_schema(USER_LINKS.schema))
-    commit = timed(record, "infer_and_write", lambda: ctx.store.write(encoded.unionByName(reused), request))
+    if mode.incremental:
+        parts = _incremental_parts(ctx, cfg, record, histories, mode.previous_ds, records)
+    else:
+        parts = [(inference_input(histories, partitions), inference_task(cfg, ctx.ds, records))]
+    commit = timed(record, "infer_and_write", lambda: ctx.store.write_mapped_parts(parts, request))
     return commit, records.value
 
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from pipelines.runtime.scoring_task import LinkFiles, ScoringConfig
+    from pipelines.tables.store import ArrowTask
 
 
 def _candidate_count(ctx: RunContext) -> int:
@@ -97,7 +98,7 @@ class _ScoringInputs:
     link_files: list[str]  # user_links(ds) files the tasks may read themselves (delta-rs only)
     candidates: int
     to_score: DataFrame  # the rows of user_links(ds) to score (incremental: the changed users')
-    reused: DataFrame | None = None  # incremental: the previous day's rows of the other users, as of ds
+    copy: tuple[DataFrame, ArrowTask] | None = None  # incremental: writes the other users' lists of the day before
     reused_users: int = 0
 
 
@@ -123,7 +124,7 @@ def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
     candidates = _candidate_count(ctx)
     check_top_k(top_k, candidates)
     link_files = (ctx.store.file_uris(USER_LINKS, partition={"ds": ctx.ds})
-                  if ctx.store.engine == "delta-rs" else [])
+                  if ctx.store.file_list_exact else [])
     # seen lists are the user's whole seen set up to ds, which neither the model's window nor
     # extract's --max-history bounds: sized from the partition's largest
     return _ScoringInputs(histories, links, versions, users, _largest_seen_set(ctx, histories), link_files,
@@ -160,20 +161,24 @@ def score_mode(ctx: RunContext, cfg: ScoringConfig, signature: dict[str, object]
 
 def _reuse_previous(ctx: RunContext, inputs: _ScoringInputs, prev: str, shipped: _Shipped) -> _ScoringInputs:
     """The inputs with only the users whose history or seen items changed left to score, and the
-    previous day's lists of the others to copy."""
-    from pyspark import StorageLevel
+    part of the write that copies the others' lists of the previous day."""
     from pyspark.sql import functions as F
 
+    from pipelines.runtime.row_copy import copy_part
     from pipelines.runtime.scoring_task import SOURCE_MODEL
 
     same = unchanged_histories(inputs.histories.where(F.col("n") > 0),
                                ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=True)
-    previous = ctx.store.read(RECOMMENDATIONS, partition={"ds": prev}).where(F.col("source") == SOURCE_MODEL)
-    kept = shipped.persist(same.join(previous.select("user_id"), "user_id", "left_semi"), StorageLevel.MEMORY_AND_DISK)
-    reused = (previous.join(kept, "user_id", "left_semi").withColumn("ds", F.lit(ctx.ds))
-              .select(*RECOMMENDATIONS.schema.names))
-    return dataclasses.replace(inputs, to_score=inputs.links.join(kept, "user_id", "left_anti"), reused=reused,
-                               link_files=[], reused_users=kept.count())
+    previous = ctx.store.read(RECOMMENDATIONS, partition={"ds": prev})
+    listed = previous.where(F.col("source") == SOURCE_MODEL).select("user_id")
+    ids = same.join(listed, "user_id", "left_semi").toArrow().column("user_id")
+    keep = np.sort(ids.to_numpy().astype(np.int64))
+    keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
+    copy = copy_part(ctx.spark, RECOMMENDATIONS, file_list_exact=ctx.store.file_list_exact,
+                     files=ctx.store.file_uris(RECOMMENDATIONS, partition={"ds": prev}), previous=previous,
+                     partition={"ds": ctx.ds}, keep=shipped.broadcast(ctx, keep), keep_frame=keep_frame)
+    return dataclasses.replace(inputs, to_score=inputs.links.join(F.broadcast(keep_frame), "user_id", "left_anti"),
+                               copy=copy, link_files=[], reused_users=len(keep))
 
 
 def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
@@ -188,24 +193,17 @@ def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> Scorin
 
 @dataclass
 class _Shipped:
-    """Broadcast variables and persisted frames of one run, dropped when the stage ends."""
+    """Broadcast variables of one run, destroyed when the stage ends."""
 
     items: list[Any] = field(default_factory=list)
-    frames: list[DataFrame] = field(default_factory=list)
 
     def broadcast(self, ctx: RunContext, value: Any) -> Any:
         self.items.append(ctx.spark.sparkContext.broadcast(value))
         return self.items[-1]
 
-    def persist(self, frame: DataFrame, level: Any) -> DataFrame:
-        self.frames.append(frame.persist(level))
-        return frame
-
     def destroy(self) -> None:
         for item in self.items:
             item.destroy()
-        for frame in self.frames:
-            frame.unpersist()
 
 
 def _load_candidates(ctx: RunContext, plan: ScoringPlan, shipped: _Shipped) -> tuple[np.ndarray, Any, list[str]]:
@@ -276,7 +274,8 @@ def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord,
         try:  # scoring tasks run here: their errors (e.g. NaN in a candidate shard) come back as ours
             request = WriteRequest(RECOMMENDATIONS, "overwrite", ctx.app_id(SCORE_TOPK), partition={"ds": ctx.ds},
                                    metadata={"model_version": ctx.model_version, "top_k": cfg.top_k})
-            staged = timed(record, "score", lambda: ctx.store.stage(recs, request))
+            extra = [] if inputs.copy is None else [inputs.copy]
+            staged = timed(record, "score", lambda: ctx.store.stage(recs, request, extra=extra))
             frame = staged.frame
             report = timed(record, "gate", lambda: check_recommendations(
                 frame, inputs.histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
@@ -336,8 +335,6 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig, *, full: bool = False) -> St
             record.metrics["popular_items"] = [p[1] for p in popular]
             recs = s.recommendations(model_rows, inputs.histories.where(F.col("n") == 0), popular, ds=ctx.ds,
                                      model_version=ctx.model_version)
-            if inputs.reused is not None:
-                recs = recs.unionByName(inputs.reused)
             # reading the inputs' metadata, the candidate broadcast, the popularity list
             record.timing("prepare", record.elapsed())
             commit = _stage_gate_commit(ctx, cfg, record, recs, inputs, candidate_ids, scoring.user_candidates)

@@ -81,6 +81,7 @@ class DeltaRsStore:
     """Delta tables through delta-rs: Spark writes files, the driver commits once."""
 
     engine = "delta-rs"
+    file_list_exact = True  # check_file_list_exact refuses every snapshot where it would not hold
 
     def __init__(self, spark: SparkSession | None, root: str | os.PathLike[str]) -> None:
         self.spark = spark
@@ -300,16 +301,22 @@ class DeltaRsStore:
         """Write ``df`` in one atomic commit (:class:`WriteRequest` says where and how)."""
         spec = request.spec
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        return self._write(df.select(*spec.column_names), None, request)
+        return self._write([(df.select(*spec.column_names), None)], request)
 
     def write_mapped(self, df: DataFrame, task: ArrowTask, request: WriteRequest) -> CommitResult:
         """Like :meth:`write` for the rows ``df.mapInArrow(task, spec)`` would give, but each task
         writes the batches its ``task`` makes straight to its files: the rows never pass through
         the JVM (for ``L_P``, hundreds of MB converted twice).  Every batch must have ``spec``'s
         Arrow schema."""
-        return self._write(df, task, request)
+        return self._write([(df, task)], request)
 
-    def _write(self, df: DataFrame, task: ArrowTask | None, request: WriteRequest) -> CommitResult:
+    def write_mapped_parts(self, parts: Sequence[tuple[DataFrame, ArrowTask]], request: WriteRequest,
+                           ) -> CommitResult:
+        """:meth:`write_mapped` for several inputs, each with its own task: one Spark job per part,
+        one commit of all their files."""
+        return self._write(list(parts), request)
+
+    def _write(self, parts: Sequence[tuple[DataFrame, ArrowTask | None]], request: WriteRequest) -> CommitResult:
         spec, app_id = request.spec, request.app_id
         check_partition_arg(spec, request.partition)  # a bad partition is an error even for a retried write
         snapshot = self._load(spec)
@@ -318,7 +325,11 @@ class DeltaRsStore:
             if done is not None:
                 log.info("%s: app id %s already committed; nothing to do", spec.name, app_id)
                 return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
-        files, checked, state = self._write_files(df, task, request, snapshot=snapshot)
+        files: list[DataFile] = []
+        checked, state = request.with_checked_partition(), None
+        for df, task in parts:
+            written, checked, state = self._write_files(df, task, request, snapshot=snapshot)
+            files += written
         return self.commit(checked, files, expected_partition_state=state)
 
     def _write_files(
@@ -340,16 +351,24 @@ class DeltaRsStore:
             raise
         return [DataFile.from_row(row.asDict()) for row in rows], checked, state
 
-    def stage(self, df: DataFrame, request: WriteRequest) -> StagedWrite:
-        """Write ``df``'s rows to data files without committing them (one Spark job).
+    def stage(self, df: DataFrame, request: WriteRequest, *,
+              extra: Sequence[tuple[DataFrame, ArrowTask]] = ()) -> StagedWrite:
+        """Write ``df``'s rows (and those ``extra`` inputs' tasks make) to data files without
+        committing them (one Spark job per input).
 
         Nothing is visible until :meth:`commit_staged`, which checks the same guards as
         :meth:`write` (including that the partition did not change since this call).
         """
         spec = request.spec
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
-        files, checked, state = self._write_files(df.select(*spec.column_names), None, request,
-                                                  snapshot=self._load(spec))
+        snapshot = self._load(spec)
+        files, checked, state = self._write_files(df.select(*spec.column_names), None, request, snapshot=snapshot)
+        try:
+            for part, task in extra:
+                files += self._write_files(part, task, request, snapshot=snapshot)[0]
+        except BaseException:
+            self.discard_staged(StagedWrite(checked, df, tuple(files), state))
+            raise
         frame = self._read_files(spec.name, spec.schema, [f"{self.uri(spec.name)}/{f.path}" for f in files])
         return StagedWrite(checked, frame, tuple(files), state)
 

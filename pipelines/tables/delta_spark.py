@@ -118,6 +118,7 @@ def commit_from_history(table: str, app_id: str, history: Iterable[HistoryEntry]
 
 class DeltaSparkStore:
     engine = "delta-spark"
+    file_list_exact = False  # its tables may use deletion vectors or column mapping
 
     def __init__(self, spark: SparkSession, root: str | os.PathLike[str]) -> None:
         self.spark = spark
@@ -256,15 +257,21 @@ class DeltaSparkStore:
                  count_text(result.files), count_text(result.rows), app_id)
         return result
 
-    def stage(self, df: DataFrame, request: WriteRequest) -> StagedWrite:
-        """The rows computed once and persisted on local disk (memory does not grow with them);
-        :meth:`commit_staged` writes them in one Delta commit."""
+    def stage(self, df: DataFrame, request: WriteRequest, *,
+              extra: Sequence[tuple[DataFrame, ArrowTask]] = ()) -> StagedWrite:
+        """The rows (``df``'s and those ``extra`` inputs' tasks make) computed once and persisted on
+        local disk (memory does not grow with them); :meth:`commit_staged` writes them in one
+        Delta commit."""
         from pyspark import StorageLevel
+        from pyspark.sql.pandas.types import from_arrow_schema
 
         spec = request.spec
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
         checked = request.with_checked_partition()
-        frame = df.select(*spec.column_names).persist(StorageLevel.DISK_ONLY)
+        rows = df.select(*spec.column_names)
+        for part, task in extra:
+            rows = rows.unionByName(part.mapInArrow(task, from_arrow_schema(spec.schema)))
+        frame = rows.persist(StorageLevel.DISK_ONLY)
         try:
             frame.count()
         except Exception:
@@ -286,6 +293,16 @@ class DeltaSparkStore:
         from pyspark.sql.pandas.types import from_arrow_schema
 
         return self.write(df.mapInArrow(task, from_arrow_schema(request.spec.schema)), request)
+
+    def write_mapped_parts(self, parts: Sequence[tuple[DataFrame, ArrowTask]], request: WriteRequest,
+                           ) -> CommitResult:
+        from functools import reduce
+
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        schema = from_arrow_schema(request.spec.schema)
+        frames = [df.mapInArrow(task, schema) for df, task in parts]
+        return self.write(reduce(lambda a, b: a.unionByName(b), frames), request)
 
     def write_arrow(self, data: pa.Table, request: WriteRequest) -> CommitResult:
         spec = request.spec

@@ -129,6 +129,9 @@ class TableStore(Protocol):
 
     root: str
     engine: str
+    # the rows of a snapshot are exactly its data files' rows (no deletion vector, no column
+    # mapping; delta-rs refuses other tables), so tasks may read the files themselves
+    file_list_exact: bool
 
     def uri(self, table: str) -> str: ...
 
@@ -180,9 +183,15 @@ class TableStore(Protocol):
 
     def write_mapped(self, df: DataFrame, task: ArrowTask, request: WriteRequest) -> CommitResult: ...
 
+    def write_mapped_parts(self, parts: Sequence[tuple[DataFrame, ArrowTask]], request: WriteRequest,
+                           ) -> CommitResult:
+        """:meth:`write_mapped` for several inputs, each with its own task, in one commit."""
+
     def write_arrow(self, data: pa.Table, request: WriteRequest) -> CommitResult: ...
 
-    def stage(self, df: DataFrame, request: WriteRequest) -> StagedWrite: ...
+    def stage(self, df: DataFrame, request: WriteRequest, *,
+              extra: Sequence[tuple[DataFrame, ArrowTask]] = ()) -> StagedWrite:
+        """Write ``df``'s rows, and the rows each ``extra`` input's task makes, without committing."""
 
     def commit_staged(self, staged: StagedWrite) -> CommitResult: ...
 

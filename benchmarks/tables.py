@@ -1,6 +1,6 @@
 """Markdown tables for the README from the benchmark JSON files.
 
-    python benchmarks/tables.py   # prints the tables (pipeline.json, model_scaling.json, quality.json)
+    python benchmarks/tables.py   # prints the tables (pipeline, model_scaling, quality, incremental JSON)
 """
 
 from __future__ import annotations
@@ -109,6 +109,26 @@ def setting_table(name: str, s: dict, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + "; ".join(ratios) + f" (NDCG@10 per run: {per_seed})"
 
 
+def incremental_tables(data: dict) -> str:
+    lines = ["| key | measured | target |", "|---|---|---|",
+             f"| `identical_to_full` | {json.dumps(data['identical_to_full'])} | true |",
+             f"| `speedup` | {data['speedup']} | >= 8 |",
+             "", "| stage | full (s) | incremental (s) |", "|---|---|---|"]
+    for stage, full in data["stages_full_s"].items():
+        lines.append(f"| {stage} | {full:.1f} | {data['stages_incremental_s'][stage]:.1f} |")
+    lines.append(f"| total | {data['full_s']:.1f} | {data['incremental_s']:.1f} |")
+    audit = data["audit_incremental"]
+    return "\n".join(lines) + (
+        f"\n\n{data['users']:,} users x {data['items']:,} items, {data['events_before']:,} events over 30 days; "
+        f"day 31: {data['events_day1']:,} events of {data['active_fraction']:.0%} of the users; "
+        f"re-extracted {audit['extract_histories']['users_extracted']:,}, re-inferred "
+        f"{audit['infer_user_links']['users_reinferred']:,}, rescored {audit['score_topk']['users_rescored']:,}; "
+        f"day-0 files without a changed user (reusable by pointer): user_links "
+        f"{data['reusable_file_share']['user_links']['reusable']} of {data['reusable_file_share']['user_links']['files']}, "
+        f"recommendations {data['reusable_file_share']['recommendations']['reusable']} of "
+        f"{data['reusable_file_share']['recommendations']['files']}")
+
+
 def main() -> int:
     pipeline = _load("pipeline.json")
     model = _load("model_scaling.json")
@@ -122,6 +142,10 @@ def main() -> int:
     if model:
         print("### Model (`python benchmarks/model_scaling.py`)\n")
         print(model_tables(model) + "\n")
+    incremental = _load("incremental.json")
+    if incremental:
+        print("### Incremental runs (`python benchmarks/incremental.py`)\n")
+        print(incremental_tables(incremental) + "\n")
     return 0
 
 

@@ -165,17 +165,15 @@ def _reuse_previous(ctx: RunContext, inputs: _ScoringInputs, prev: str, shipped:
     from pyspark.sql import functions as F
 
     from pipelines.runtime.row_copy import copy_part
-    from pipelines.runtime.scoring_task import SOURCE_MODEL
 
     same = unchanged_histories(inputs.histories.where(F.col("n") > 0),
                                ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=True)
-    previous = ctx.store.read(RECOMMENDATIONS, partition={"ds": prev})
-    listed = previous.where(F.col("source") == SOURCE_MODEL).select("user_id")
-    ids = same.join(listed, "user_id", "left_semi").toArrow().column("user_id")
-    keep = np.sort(ids.to_numpy().astype(np.int64))
+    # a kept user without a list on the day before (no eligible candidate) has none today either
+    keep = np.sort(same.toArrow().column("user_id").to_numpy().astype(np.int64))
     keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
     copy = copy_part(ctx.spark, RECOMMENDATIONS, file_list_exact=ctx.store.file_list_exact,
-                     files=ctx.store.file_uris(RECOMMENDATIONS, partition={"ds": prev}), previous=previous,
+                     files=ctx.store.file_uris(RECOMMENDATIONS, partition={"ds": prev}),
+                     previous=ctx.store.read(RECOMMENDATIONS, partition={"ds": prev}),
                      partition={"ds": ctx.ds}, keep=shipped.broadcast(ctx, keep), keep_frame=keep_frame)
     return dataclasses.replace(inputs, to_score=inputs.links.join(F.broadcast(keep_frame), "user_id", "left_anti"),
                                copy=copy, link_files=[], reused_users=len(keep))

@@ -39,7 +39,7 @@ from lime_model.data import (
     sequence_batch,
 )
 from lime_model.evaluate import evaluate_split
-from lime_model.model import create_model
+from lime_model.model import RankingModel, SASRecModel, create_model
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def default_configs(model: str, num_items: int, **overrides: Any) -> tuple[Model
 class TrainResult:
     """The best model (eval mode) and how it was reached."""
 
-    model: nn.Module
+    model: RankingModel
     best_epoch: int
     valid_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
@@ -192,13 +192,15 @@ def make_batch(split: LeaveOneOutSplit, rows: np.ndarray, model_cfg: ModelConfig
     return prefix_batch(split, rows, model_cfg.max_history, cfg.target_window)
 
 
-def batch_scores(model: nn.Module, batch: Batch, candidates: Tensor, use_times: bool) -> tuple[Tensor, Tensor]:
+def batch_scores(model: RankingModel, batch: Batch, candidates: Tensor, use_times: bool) -> tuple[Tensor, Tensor]:
     """-> (scores ``(R, C)`` of every encoded row that has a target, their targets ``(R, m)``)."""
     hist = torch.from_numpy(batch.history)  # (B, n)
     times = torch.from_numpy(batch.times) if use_times else None  # (B, n)
     targets = torch.from_numpy(batch.targets)  # (R, m)
     if not batch.left_aligned:
         return model.table_scores(hist, times, candidates), targets  # (B, C)
+    if not isinstance(model, SASRecModel):
+        raise ValueError(f"a batch of whole left-aligned sequences is for sasrec, not {model.cfg.model!r}")
     users = model.encode_sequence(hist, times).reshape(-1, model.cfg.d_model)  # (B*n, d)
     keep = targets[:, 0] != 0  # (B*n,)
     return model.score_vectors(users[keep], candidates), targets[keep]
@@ -236,7 +238,7 @@ class _Run:
     split: LeaveOneOutSplit
     model_cfg: ModelConfig
     cfg: TrainConfig
-    model: nn.Module
+    model: RankingModel
     item_prob: Tensor  # (V+1,) training frequency, 0 for padding
     rng: np.random.Generator
     gen: torch.Generator
@@ -284,7 +286,7 @@ def run_epoch(run: _Run, plan: list[np.ndarray], epoch: int) -> tuple[float, boo
     return loss_sum / max(n_targets, 1), False
 
 
-def start_run(split: LeaveOneOutSplit, model_cfg: ModelConfig, cfg: TrainConfig, model: nn.Module,
+def start_run(split: LeaveOneOutSplit, model_cfg: ModelConfig, cfg: TrainConfig, model: RankingModel,
               counts: np.ndarray) -> tuple[_Run, list[np.ndarray]]:
     """Optimiser, samplers and the first epoch's plan (its length sets the schedule's horizon)."""
     item_prob = torch.cat([torch.zeros(1), torch.from_numpy(counts / max(counts.sum(), 1)).float()])

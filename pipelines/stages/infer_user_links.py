@@ -3,6 +3,7 @@ by token-balanced inference tasks (:mod:`pipelines.runtime.inference_task`)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from pipelines.stages.context import (
@@ -16,7 +17,7 @@ from pipelines.stages.context import (
 )
 from pipelines.tables.audit import audited
 from pipelines.tables.schemas import USER_HISTORIES, USER_LINKS
-from pipelines.tables.store import CommitResult, WriteRequest
+from pipelines.tables.store import WriteRequest
 
 if TYPE_CHECKING:
     from pipelines.runtime.inference_task import InferenceConfig
@@ -40,12 +41,11 @@ def infer_user_links(ctx: RunContext, cfg: InferenceConfig) -> StageResult:
                                metadata={"model_version": ctx.model_version})
         commit = timed(record, "infer_and_write", lambda: ctx.store.write_mapped(
             users, inference_task(cfg, ctx.ds, records), request))
-        assert isinstance(commit, CommitResult)
-        tasks = sorted(records.value, key=lambda r: (r["partition"], r["attempt"]))
-        record.count("users", sum(int(t["users"]) for t in tasks))
-        record.count("tokens", sum(int(t["tokens"]) for t in tasks))
+        tasks = sorted(records.value, key=lambda t: (t.partition, t.attempt))
+        record.count("users", sum(t.users for t in tasks))
+        record.count("tokens", sum(t.tokens for t in tasks))
         record.metrics["partitions"] = partitions
-        record.metrics["devices"] = sorted({str(t["device"]) for t in tasks})
-        record.metrics["gpus_assigned"] = sorted({g for t in tasks for g in t["gpus"]})
-        record.metrics["tasks"] = tasks[:256]
+        record.metrics["devices"] = sorted({t.device for t in tasks})
+        record.metrics["gpus_assigned"] = sorted({g for t in tasks for g in t.gpus})
+        record.metrics["tasks"] = [asdict(t) for t in tasks[:256]]
         return finish(record, commit)

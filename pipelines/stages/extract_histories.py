@@ -7,7 +7,7 @@ from pipelines.errors import PartitionNotFoundError
 from pipelines.stages.context import EXTRACT_HISTORIES, RunContext, StageResult, already_done, finish, timed
 from pipelines.tables.audit import audited
 from pipelines.tables.schemas import USER_HISTORIES
-from pipelines.tables.store import CommitResult, WriteRequest
+from pipelines.tables.store import WriteRequest
 
 
 def require_events_on_ds(ctx: RunContext, events_on_ds: int) -> None:
@@ -45,7 +45,6 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
             require_events_on_ds(ctx, ctx.store.count_rows("events", [(h.EVENT_DATE, "=", ctx.ds)]))
         flagged = h.flag_events(pruned, cfg)
         drops = timed(record, "scan_events", lambda: h.drop_counts(flagged))
-        assert isinstance(drops, dict)
         if not allow_empty_ds:
             require_events_on_ds(ctx, drops["events_on_ds"])
         if pruned is not events:  # rows of later date partitions with ts after ds are not read
@@ -53,7 +52,6 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         per_user = h.user_event_lists(flagged, ctx.vocabulary(), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             kept = timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
-            assert isinstance(kept, dict)
             valid = drops["events_read"] - drops["null_ids"] - drops["negative_ids"] - drops["events_after_ds"]
             counts = {
                 **drops,
@@ -76,5 +74,4 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
             commit = timed(record, "write", lambda: ctx.store.write(h.to_histories(per_user, cfg), request))
         finally:
             per_user.unpersist()
-        assert isinstance(commit, CommitResult)
         return finish(record, commit)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import pyarrow as pa
 
@@ -172,6 +172,18 @@ class TableStore(Protocol):
     def commit_staged(self, staged: StagedWrite) -> CommitResult: ...
 
     def discard_staged(self, staged: StagedWrite) -> None: ...
+
+
+@overload
+def check_partition_arg(spec: TableSpec, partition: Mapping[str, str]) -> dict[str, str]: ...
+
+
+@overload
+def check_partition_arg(spec: TableSpec, partition: None) -> None: ...
+
+
+@overload
+def check_partition_arg(spec: TableSpec, partition: Mapping[str, str] | None) -> dict[str, str] | None: ...
 
 
 def check_partition_arg(spec: TableSpec, partition: Mapping[str, str] | None) -> dict[str, str] | None:

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,7 +270,7 @@ def train_step(run: _Run, batch: Batch) -> tuple[float, int]:
     return float(loss.detach()) * n_targets, n_targets
 
 
-def run_epoch(run: _Run, plan: list[np.ndarray], epoch: int) -> tuple[float, bool]:
+def run_epoch(run: _Run, plan: Sequence[np.ndarray], epoch: int) -> tuple[float, bool]:
     """Train on one epoch's batches -> (mean loss per target, whether the CPU budget ran out)."""
     run.model.train()
     loss_sum, n_targets, n_tokens, t0 = 0.0, 0, 0, time.perf_counter()
@@ -367,5 +368,5 @@ class _Best:
             self.stale += 1
 
 
-def _fmt(metrics: dict[str, float]) -> str:
+def _fmt(metrics: Mapping[str, float]) -> str:
     return " ".join(f"{k} {metrics[k]:.4f}" for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50") if k in metrics)

@@ -36,6 +36,7 @@ quality: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

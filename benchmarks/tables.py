@@ -123,10 +123,9 @@ def incremental_tables(data: dict) -> str:
         f"day 31: {data['events_day1']:,} events of {data['active_fraction']:.0%} of the users; "
         f"re-extracted {audit['extract_histories']['users_extracted']:,}, re-inferred "
         f"{audit['infer_user_links']['users_reinferred']:,}, rescored {audit['score_topk']['users_rescored']:,}; "
-        f"day-0 files without a changed user (reusable by pointer): user_links "
-        f"{data['reusable_file_share']['user_links']['reusable']} of {data['reusable_file_share']['user_links']['files']}, "
-        f"recommendations {data['reusable_file_share']['recommendations']['reusable']} of "
-        f"{data['reusable_file_share']['recommendations']['files']}")
+        "day-0 files without a changed user (reusable by pointer): "
+        + ", ".join(f"{table} {share['reusable']} of {share['files']}"
+                    for table, share in data["reusable_file_share"].items()))
 
 
 def main() -> int:

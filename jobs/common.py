@@ -7,12 +7,15 @@ import datetime as dt
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipelines.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+    from pipelines.stages.context import RunContext, StageResult
 
 
 def configure_logging() -> None:
@@ -77,7 +80,7 @@ def spark_from_args(args: argparse.Namespace, app_name: str) -> SparkSession:
     return build_spark_session(settings)
 
 
-def run_main(main_body, argv: list[str] | None) -> int:
+def run_main(main_body: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
     """Run a job body, turning product errors into one clear log line and exit code 1."""
     from lime_model.errors import LimeRankError
 
@@ -114,7 +117,7 @@ def checkpoint_path(uri: str) -> str:
     return os.path.abspath(uri)
 
 
-def open_run(args: argparse.Namespace, app_name: str):
+def open_run(args: argparse.Namespace, app_name: str) -> RunContext:
     """Spark session, table store and run context from the common arguments."""
     from pipelines.stages.context import RunContext
     from pipelines.tables import open_lakehouse
@@ -129,13 +132,13 @@ def open_run(args: argparse.Namespace, app_name: str):
     return RunContext.open(spark, store, args.ds, args.run_id or new_run_id(), ckpt)
 
 
-def report_stage(result) -> None:
+def report_stage(result: StageResult) -> None:
     """One line for the operator: what the stage did."""
     from pipelines.tables.store import count_text
 
-    if result.skipped:
+    commit = result.commit
+    if commit is None or commit.skipped:  # StageResult.skipped, spelled out: below, commit is not None
         print(f"{result.stage} ds={result.ds}: nothing to do ({result.metrics.get('skipped_reason', 'skipped')})")
     else:
-        commit = result.commit
         print(f"{result.stage} ds={result.ds}: {count_text(commit.rows)} row(s) committed to {commit.table} "
               f"version {commit.version}")

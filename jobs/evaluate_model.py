@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def _configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def format_table(rows: list[dict[str, object]]) -> str:
+def format_table(rows: Sequence[Mapping[str, object]]) -> str:
     """Rows with ``TABLE_COLUMNS`` -> a fixed-width text table (metrics with 4 decimals)."""
     cells = [[str(c) for c in TABLE_COLUMNS]]
     for row in rows:

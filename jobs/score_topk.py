@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from jobs.common import add_full_arg, add_run_args, add_spark_args, open_run, positive_int, report_stage, run_main
+
+if TYPE_CHECKING:
+    from pipelines.runtime.scoring_task import ScoringConfig
 
 
 def add_scoring_args(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str):
+def scoring_config(args: argparse.Namespace, checkpoint: str, model_version: str) -> ScoringConfig:
     from pipelines.runtime.scoring_task import ScoringConfig
 
     return ScoringConfig(checkpoint=checkpoint, model_version=model_version, top_k=args.top_k,

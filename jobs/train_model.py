@@ -16,12 +16,15 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from lime_model.config import MODEL_KINDS
 
 log = logging.getLogger(__name__)
+Number = TypeVar("Number", int, float)
 
 
 def _configure_logging() -> None:
@@ -29,8 +32,8 @@ def _configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
+def _positive(kind: type[Number]) -> Callable[[str], Number]:
+    def parse(text: str) -> Number:
         try:
             value = kind(text)
         except ValueError:

@@ -24,7 +24,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from lime_model.errors import (
     ModelConfigError,
     VocabularyError,
 )
-from lime_model.model import create_model
+from lime_model.model import LimeModel, PopularityModel, RankingModel, create_model
 from lime_model.vocab import ItemVocabulary
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,11 @@ def _non_finite(state_dict: Mapping[str, Tensor]) -> list[str]:
     return bad
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, vocab: ItemVocabulary,
+def save_checkpoint(path: str | os.PathLike[str], model: RankingModel, vocab: ItemVocabulary,
                     popularity: np.ndarray, metadata: Mapping[str, Any] | None = None) -> str:
     """Write ``model`` (with its ``.cfg``), ``vocab`` and ``popularity`` ``(V,) int64`` atomically
     (temporary file + rename) and return the ``model_version``.  ``metadata`` must be JSON-able."""
-    cfg: ModelConfig = model.cfg  # type: ignore[assignment]
+    cfg = model.cfg
     path = Path(path)
     if len(vocab) + 1 != cfg.num_items:
         raise CheckpointConfigMismatchError(
@@ -103,8 +103,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, vocab: ItemV
     if popularity.shape != (len(vocab),) or popularity.dtype != np.int64 or (popularity < 0).any():
         raise ValueError(f"popularity must be ({len(vocab)},) non-negative int64, got "
                          f"{popularity.dtype} {popularity.shape}")
-    if cfg.model == "popularity" and not np.array_equal(
-            model.counts[1:].to(torch.int64).numpy(), popularity):  # type: ignore[operator]
+    if isinstance(model, PopularityModel) and not np.array_equal(
+            model.counts[1:].to(torch.int64).numpy(), popularity):
         raise ValueError("a popularity model's counts must equal the popularity array being saved")
     meta = json.loads(json.dumps(dict(metadata or {})))  # plain types only, fails early otherwise
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -241,9 +241,22 @@ def popularity_counts(ckpt: Checkpoint) -> Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.int64), torch.from_numpy(ckpt.popularity)])
 
 
-def build_model(ckpt: Checkpoint) -> nn.Module:
+def build_model(ckpt: Checkpoint) -> RankingModel:
     """The network of ``ckpt`` with its weights, in eval mode, on CPU."""
-    model = create_model(ckpt.config, popularity=popularity_counts(ckpt))
+    return _with_weights(create_model(ckpt.config, popularity=popularity_counts(ckpt)), ckpt)
+
+
+def build_lime_model(ckpt: Checkpoint) -> LimeModel:
+    """:func:`build_model` for a ``lime-xor`` or ``lime-mha`` checkpoint, the networks that make link
+    embeddings (any other kind is the ``ValueError`` of :class:`LimeModel`)."""
+    return _with_weights(LimeModel(ckpt.config), ckpt)
+
+
+_Net = TypeVar("_Net", bound=nn.Module)
+
+
+def _with_weights(model: _Net, ckpt: Checkpoint) -> _Net:
+    """``model`` with the weights of ``ckpt`` (a popularity checkpoint has none), in eval mode."""
     if ckpt.state_dict:
         model.load_state_dict(ckpt.state_dict, strict=True)
     return model.eval()

@@ -163,7 +163,7 @@ def length_bucketed(keys: np.ndarray, lengths: np.ndarray, batch_size: int, buck
     order = rng.permutation(len(keys))
     keys, lengths = keys[order], lengths[order]
     group = batch_size * bucket_batches
-    batches = []
+    batches: list[np.ndarray] = []
     for start in range(0, len(keys), group):
         sl = slice(start, start + group)
         sorted_keys = keys[sl][np.argsort(lengths[sl], kind="stable")]

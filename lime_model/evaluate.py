@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from lime_model.data import LeaveOneOutSplit, right_align
+
+if TYPE_CHECKING:
+    from lime_model.model import RankingModel
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def rank_targets(model: nn.Module, histories: Sequence[np.ndarray], times: Sequence[np.ndarray],
+def rank_targets(model: RankingModel, histories: Sequence[np.ndarray], times: Sequence[np.ndarray],
                  targets: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Score the whole catalogue for each user and return the target ranks ``(E,)`` int64.
     Histories longer than ``max_history`` keep their newest items; all their items are masked."""
@@ -83,7 +86,7 @@ def rank_targets(model: nn.Module, histories: Sequence[np.ndarray], times: Seque
     return ranks
 
 
-def stage_ranks(model: nn.Module, split: LeaveOneOutSplit, stage: str, batch_size: int = 256
+def stage_ranks(model: RankingModel, split: LeaveOneOutSplit, stage: str, batch_size: int = 256
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``stage`` ``"valid"`` or ``"test"`` -> (raw user ids ``(E,)``, their targets' 0-based ranks ``(E,)``)."""
     histories, times, targets = split.stage(stage)
@@ -91,7 +94,7 @@ def stage_ranks(model: nn.Module, split: LeaveOneOutSplit, stage: str, batch_siz
     return split.sequences.user_ids[split.eval_users], ranks
 
 
-def evaluate_split(model: nn.Module, split: LeaveOneOutSplit, stage: str, batch_size: int = 256
+def evaluate_split(model: RankingModel, split: LeaveOneOutSplit, stage: str, batch_size: int = 256
                    ) -> dict[str, float]:
     """``stage`` ``"valid"`` or ``"test"`` -> metrics dict (plus ``users``)."""
     _, ranks = stage_ranks(model, split, stage, batch_size)

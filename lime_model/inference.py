@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from lime_model.model import LimeModel
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def _aligned(rows: list[np.ndarray], width: int, fill: float | int) -> np.ndarra
     return out
 
 
-def encode_histories(model: nn.Module, histories: list[np.ndarray], timestamps: list[np.ndarray] | None,
+def encode_histories(model: LimeModel, histories: Sequence[np.ndarray], timestamps: Sequence[np.ndarray] | None,
                      device: torch.device, max_tokens_per_batch: int = 65536) -> np.ndarray:
     """``L_P`` for every user, flattened row-major: ``(U, ell*d)`` float32.
 
@@ -100,11 +104,11 @@ def encode_histories(model: nn.Module, histories: list[np.ndarray], timestamps: 
         with torch.inference_mode(), autocast:
             for batch in length_batches(lengths, max_tokens_per_batch):
                 cols = padded_length(int(lengths[batch[0]]))
-                h = torch.from_numpy(_aligned([hist[i] for i in batch], cols, 0)).to(device)  # (b, n)
-                t = None
+                items = torch.from_numpy(_aligned([hist[i] for i in batch], cols, 0)).to(device)  # (b, n)
+                seconds = None
                 if times is not None:
-                    t = torch.from_numpy(_aligned([times[i] for i in batch], cols, 0.0)).to(device)  # (b, n)
-                l_p = model.encode_links(h, t)  # (b, ell, d)
+                    seconds = torch.from_numpy(_aligned([times[i] for i in batch], cols, 0.0)).to(device)  # (b, n)
+                l_p = model.encode_links(items, seconds)  # (b, ell, d)
                 out[batch] = l_p.float().reshape(len(batch), width).cpu().numpy()
     finally:
         model.train(was_training)

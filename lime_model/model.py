@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -324,6 +325,11 @@ class LimeModel(nn.Module):
         self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
         init_weights(self)
 
+    def link_blocks(self) -> list[HSTUBlock]:
+        """The blocks in order.  ``nn.ModuleList`` types its items as plain ``nn.Module``; ``__init__``
+        puts only :class:`XorBlock` and :class:`ReadBlock` in it."""
+        return [cast(HSTUBlock, block) for block in self.blocks]
+
     # ---- user side -------------------------------------------------------------------------
     def encode_links(self, history: Tensor, timestamps: Tensor | None) -> Tensor:
         """history ``(B, n)`` int64 right-aligned, timestamps ``(B, n)`` float64 | None
@@ -452,6 +458,11 @@ class SASRecModel(nn.Module):
         self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
         init_weights(self)
 
+    def last_block(self) -> CausalBlock:
+        """The last block.  ``nn.ModuleList`` types its items as plain ``nn.Module``; ``__init__`` puts
+        only :class:`CausalBlock` in it."""
+        return cast(CausalBlock, self.blocks[-1])
+
     def encode_sequence(self, items: Tensor, timestamps: Tensor | None) -> Tensor:
         """Training form: left-aligned items ``(B, n)``, timestamps ``(B, n)`` | None -> the user
         vector after every position ``(B, n, d)`` (rows at padding are meaningless)."""
@@ -472,7 +483,7 @@ class SASRecModel(nn.Module):
         rows = torch.arange(len(lengths), device=x.device)
         newest = x[rows, lengths - 1][:, None]  # (B, 1, d)
         key_mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, n)
-        out = self.blocks[-1].read(newest, x, key_mask)  # (B, 1, d): the last block, newest query only
+        out = self.last_block().read(newest, x, key_mask)  # (B, 1, d): the last block, newest query only
         return self.final_norm(out[:, 0])  # (B, d)
 
     def forward_scores(self, history: Tensor, timestamps: Tensor | None, cand_idx: Tensor) -> Tensor:
@@ -490,6 +501,9 @@ class SASRecModel(nn.Module):
 class PopularityModel(nn.Module):
     """Scores every candidate by its training interaction count, whatever the history."""
 
+    # a buffer (register_buffer), which nn.Module.__getattr__ would type as Tensor | Module
+    counts: Tensor
+
     def __init__(self, cfg: ModelConfig, counts: Tensor) -> None:
         super().__init__()
         if counts.shape != (cfg.num_items,):
@@ -502,6 +516,10 @@ class PopularityModel(nn.Module):
         return self.counts[cand_idx].expand(history.shape[0], -1)  # (B, C)
 
     table_scores = forward_scores
+
+
+RankingModel: TypeAlias = LimeModel | SASRecModel | PopularityModel
+"""Every network :func:`create_model` makes: each has ``cfg`` and ``table_scores``."""
 
 
 def init_weights(model: nn.Module) -> None:
@@ -536,7 +554,7 @@ def init_module(module: nn.Module) -> None:
             nn.init.zeros_(module.item_bias)
 
 
-def create_model(cfg: ModelConfig, popularity: Tensor | None = None) -> nn.Module:
+def create_model(cfg: ModelConfig, popularity: Tensor | None = None) -> RankingModel:
     """A fresh network for ``cfg`` (popularity needs its ``(num_items,)`` counts)."""
     if cfg.is_lime:
         return LimeModel(cfg)

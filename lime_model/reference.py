@@ -41,7 +41,7 @@ def dense_encode_links(model: LimeModel, history: Tensor, timestamps: Tensor | N
     x = torch.cat([model.links[None].expand(batch, -1, -1), x_e], dim=1)  # (B, T, d), T = ell + n
     allowed = link_mask(cfg.n_links, valid, xor=cfg.model == "lime-xor")  # (B, T, T)
     updated = allowed.any(-1)  # (B, T): rows with no visible key keep their input (MHA history)
-    for block in model.blocks:
+    for block in model.link_blocks():
         u, q, k, v = block.project(x)  # (B, T, d) x 4
         q, k, v = block.heads(q), block.heads(k), block.heads(v)  # (B, H, T, d_h)
         logits = q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim)  # (B, H, T, T)

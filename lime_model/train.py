@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from lime_model.data import (
     sequence_batch,
 )
 from lime_model.evaluate import evaluate_split
-from lime_model.model import create_model
+from lime_model.model import RankingModel, SASRecModel, create_model
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def default_configs(model: str, num_items: int, **overrides: Any) -> tuple[Model
 class TrainResult:
     """The best model (eval mode) and how it was reached."""
 
-    model: nn.Module
+    model: RankingModel
     best_epoch: int
     valid_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
@@ -192,13 +193,15 @@ def make_batch(split: LeaveOneOutSplit, rows: np.ndarray, model_cfg: ModelConfig
     return prefix_batch(split, rows, model_cfg.max_history, cfg.target_window)
 
 
-def batch_scores(model: nn.Module, batch: Batch, candidates: Tensor, use_times: bool) -> tuple[Tensor, Tensor]:
+def batch_scores(model: RankingModel, batch: Batch, candidates: Tensor, use_times: bool) -> tuple[Tensor, Tensor]:
     """-> (scores ``(R, C)`` of every encoded row that has a target, their targets ``(R, m)``)."""
     hist = torch.from_numpy(batch.history)  # (B, n)
     times = torch.from_numpy(batch.times) if use_times else None  # (B, n)
     targets = torch.from_numpy(batch.targets)  # (R, m)
     if not batch.left_aligned:
         return model.table_scores(hist, times, candidates), targets  # (B, C)
+    if not isinstance(model, SASRecModel):
+        raise ValueError(f"a batch of whole left-aligned sequences is for sasrec, not {model.cfg.model!r}")
     users = model.encode_sequence(hist, times).reshape(-1, model.cfg.d_model)  # (B*n, d)
     keep = targets[:, 0] != 0  # (B*n,)
     return model.score_vectors(users[keep], candidates), targets[keep]
@@ -236,7 +239,7 @@ class _Run:
     split: LeaveOneOutSplit
     model_cfg: ModelConfig
     cfg: TrainConfig
-    model: nn.Module
+    model: RankingModel
     item_prob: Tensor  # (V+1,) training frequency, 0 for padding
     rng: np.random.Generator
     gen: torch.Generator
@@ -267,7 +270,7 @@ def train_step(run: _Run, batch: Batch) -> tuple[float, int]:
     return float(loss.detach()) * n_targets, n_targets
 
 
-def run_epoch(run: _Run, plan: list[np.ndarray], epoch: int) -> tuple[float, bool]:
+def run_epoch(run: _Run, plan: Sequence[np.ndarray], epoch: int) -> tuple[float, bool]:
     """Train on one epoch's batches -> (mean loss per target, whether the CPU budget ran out)."""
     run.model.train()
     loss_sum, n_targets, n_tokens, t0 = 0.0, 0, 0, time.perf_counter()
@@ -284,7 +287,7 @@ def run_epoch(run: _Run, plan: list[np.ndarray], epoch: int) -> tuple[float, boo
     return loss_sum / max(n_targets, 1), False
 
 
-def start_run(split: LeaveOneOutSplit, model_cfg: ModelConfig, cfg: TrainConfig, model: nn.Module,
+def start_run(split: LeaveOneOutSplit, model_cfg: ModelConfig, cfg: TrainConfig, model: RankingModel,
               counts: np.ndarray) -> tuple[_Run, list[np.ndarray]]:
     """Optimiser, samplers and the first epoch's plan (its length sets the schedule's horizon)."""
     item_prob = torch.cat([torch.zeros(1), torch.from_numpy(counts / max(counts.sum(), 1)).float()])
@@ -365,5 +368,5 @@ class _Best:
             self.stale += 1
 
 
-def _fmt(metrics: dict[str, float]) -> str:
+def _fmt(metrics: Mapping[str, float]) -> str:
     return " ".join(f"{k} {metrics[k]:.4f}" for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50") if k in metrics)

@@ -31,6 +31,7 @@ __all__ = [
     "LimeRankError",
     "MissingDataFileError",
     "ModelVersionMismatchError",
+    "NoRowReturnedError",
     "NonFiniteValueError",
     "NullValueError",
     "PartitionNotFoundError",
@@ -171,6 +172,11 @@ class UnsupportedOnEngineError(TableError):
 class SourceOrderUnavailableError(TableError):
     """A table read whose rows' source position (data file, row index) Spark cannot give: events
     with equal timestamps would have no defined order."""
+
+
+class NoRowReturnedError(LimeRankError):
+    """A Spark query that always returns a row (an aggregate without grouping, ``DESCRIBE DETAIL`` of an
+    existing table) returned none."""
 
 
 class ModelVersionMismatchError(LimeRankError):

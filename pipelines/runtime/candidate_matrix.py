@@ -24,6 +24,8 @@ from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, check_schema
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+    from pipelines.tables.store import ArrowTask
+
 CHUNK = 8192
 
 
@@ -36,7 +38,7 @@ def catalogue_in_vocabulary(items: DataFrame, vocab_ids: DataFrame) -> DataFrame
     return ids.join(F.broadcast(vocab_ids.select(F.col("item_id").cast("bigint"))), "item_id", "left_semi")
 
 
-def _candidate_task(checkpoint: str, model_version: str, device_policy: str):
+def _candidate_task(checkpoint: str, model_version: str, device_policy: str) -> ArrowTask:
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 

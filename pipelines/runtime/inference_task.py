@@ -15,13 +15,14 @@ seconds) through an accumulator; the job keeps them in its audit record.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.accumulators import AccumulatorParam  # importable on the workers too: they unpickle it
 
 from pipelines.errors import ConfigError
 from pipelines.runtime.model_runtime import DEVICE_POLICIES, load_model, task_device
@@ -31,10 +32,7 @@ if TYPE_CHECKING:
     from pyspark import Accumulator
     from pyspark.sql import DataFrame
 
-try:  # the accumulator type must be importable on the workers too
-    from pyspark.accumulators import AccumulatorParam
-except ImportError:  # pragma: no cover - pyspark is a dependency
-    AccumulatorParam = object  # type: ignore[misc,assignment]
+    from pipelines.tables.store import ArrowTask
 
 
 @dataclass(frozen=True)
@@ -67,18 +65,19 @@ class TaskRecord:
     model_loads_in_worker: int
 
 
-class TaskRecords(AccumulatorParam):  # type: ignore[misc]
-    """Accumulates lists of task records (dicts)."""
+class TaskRecords(AccumulatorParam[list[TaskRecord]]):
+    """Accumulates lists of task records."""
 
-    def zero(self, value: list[dict[str, object]]) -> list[dict[str, object]]:
+    def zero(self, value: list[TaskRecord]) -> list[TaskRecord]:
         return []
 
-    def addInPlace(self, a: list[dict[str, object]], b: list[dict[str, object]]) -> list[dict[str, object]]:
+    def addInPlace(self, a: list[TaskRecord], b: list[TaskRecord]) -> list[TaskRecord]:
         a.extend(b)
         return a
 
 
-def histories_to_inputs(batch: pa.RecordBatch, vocab_encode) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def histories_to_inputs(batch: pa.RecordBatch, vocab_encode: Callable[[np.ndarray], np.ndarray]
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per user: vocabulary indices and float64 epoch seconds (oldest first)."""
     from pipelines.errors import ModelVersionMismatchError
 
@@ -105,7 +104,7 @@ def l_p_array(l_p: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(l_p.reshape(-1), pa.float32()))
 
 
-def inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
+def inference_task(cfg: InferenceConfig, ds: str, records: Accumulator[list[TaskRecord]]) -> ArrowTask:
     """mapInArrow function: a partition of :func:`inference_input` -> its ``user_links`` batches."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -144,7 +143,7 @@ def inference_task(cfg: InferenceConfig, ds: str, records: Accumulator):
             seconds=round(time.perf_counter() - t0, 4), pid=os.getpid(),
             model_loads_in_worker=model_runtime.loads_in_this_worker,
         )
-        records.add([asdict(record)])
+        records.add([record])
 
     return run
 

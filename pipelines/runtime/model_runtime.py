@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -28,9 +29,9 @@ from pipelines.errors import (
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from lime_model.config import ModelConfig
+    from lime_model.model import LimeModel
     from lime_model.vocab import ItemVocabulary
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _MAX_CACHED = 2
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: nn.Module
+    model: LimeModel
     vocab: ItemVocabulary
     config: ModelConfig
     model_version: str
@@ -71,7 +72,7 @@ def load_model(path: str, expected_version: str, device: torch.device) -> Loaded
         hit = _cache.get(key)
         if hit is not None:
             return hit
-        from lime_model.checkpoint import build_model, load_checkpoint
+        from lime_model.checkpoint import build_lime_model, load_checkpoint
 
         ckpt = load_checkpoint(path)
         if ckpt.model_version != expected_version:
@@ -80,7 +81,7 @@ def load_model(path: str, expected_version: str, device: torch.device) -> Loaded
                 f"with {expected_version} (was the file replaced during the run?)"
             )
         check_pipeline_model(ckpt.config, path)
-        model = build_model(ckpt).to(device)
+        model = build_lime_model(ckpt).to(device)
         if len(_cache) >= _MAX_CACHED:
             _cache.pop(next(iter(_cache)))
         loaded = LoadedModel(model, ckpt.vocab, ckpt.config, ckpt.model_version, device)
@@ -101,7 +102,7 @@ def assigned_gpus() -> list[str]:
     return list(gpu.addresses) if gpu is not None else []
 
 
-def choose_device(policy: str, gpus: list[str], cuda_available: bool) -> str:
+def choose_device(policy: str, gpus: Sequence[str], cuda_available: bool) -> str:
     """The torch device string for ``policy`` given the task's GPUs (pure; unit-tested)."""
     if policy not in DEVICE_POLICIES:
         raise ConfigError(f"inference device must be one of {list(DEVICE_POLICIES)}, got {policy!r}")

@@ -36,7 +36,10 @@ from pipelines.runtime.model_runtime import DEVICE_POLICIES, LoadedModel, load_m
 
 if TYPE_CHECKING:
     import torch
+    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
+
+    from pipelines.tables.store import ArrowTask
 
 CANDIDATE_MODES = ("auto", "broadcast", "sharded")
 SOURCE_MODEL = "model"
@@ -196,10 +199,10 @@ class CandidateSource(Protocol):
 class BroadcastCandidates:
     """The whole matrix, shipped once per executor as a Spark broadcast of numpy arrays."""
 
-    broadcast: object  # pyspark.Broadcast[CandidateMatrix]
+    broadcast: Broadcast[CandidateMatrix]
 
     def load(self, n_heads: int, n_links: int, d_model: int) -> CandidateMatrix:
-        return self.broadcast.value  # type: ignore[attr-defined,no-any-return]
+        return self.broadcast.value
 
 
 _shard_cache: dict[tuple[object, ...], CandidateMatrix] = {}
@@ -238,13 +241,13 @@ class LinkFiles:
     at 30k users the scoring time stayed within run-to-run noise.
     """
 
-    seen: object | None  # pyspark.Broadcast[pa.Table] | None
+    seen: Broadcast[pa.Table] | None
     batch_rows: int = 8192
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
 
-        seen = None if self.seen is None else self.seen.value  # type: ignore[attr-defined]
+        seen = None if self.seen is None else self.seen.value
         keys = None if seen is None else seen.column("user_id").combine_chunks()
         lists = None if seen is None else seen.column("seen").combine_chunks()
         for batch in batches:
@@ -321,7 +324,8 @@ def _chunks(blocks: Iterator[pa.RecordBatch], max_bytes: int) -> Iterator[list[p
         yield chunk
 
 
-def _score_task(cfg: ScoringConfig, sources: Sequence[CandidateSource], k: int, reader: LinkFiles | None = None):
+def _score_task(cfg: ScoringConfig, sources: Sequence[CandidateSource], k: int,
+                reader: LinkFiles | None = None) -> ArrowTask:
     """mapInArrow function: every user of the partition against every candidate source, read once.
 
     With several sources (candidate shards) the task holds up to ``cfg.user_chunk_bytes`` of its
@@ -370,7 +374,7 @@ def model_topk(
     *,
     mode: str,
     candidate_ids: np.ndarray,
-    broadcast: object | None = None,
+    broadcast: Broadcast[CandidateMatrix] | None = None,
     files: Sequence[str] = (),
     shards: int = 1,
     reader: LinkFiles | None = None,

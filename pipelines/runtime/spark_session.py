@@ -164,7 +164,7 @@ def build_spark_session(settings: SparkSettings | None = None) -> SparkSession:
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    effective = spark.sparkContext.master
+    effective = session_master(spark)
     single_host = is_local_master(effective) or bool(_LOCAL_CLUSTER_RE.match(effective))
     if "spark.sql.shuffle.partitions" not in conf and single_host:
         # e.g. spark-submit --master local[2]: Spark's 200 shuffle partitions would write ~200 tiny files
@@ -174,3 +174,11 @@ def build_spark_session(settings: SparkSettings | None = None) -> SparkSession:
     spark.sparkContext.setLogLevel(os.environ.get("LIME_RANK_SPARK_LOG_LEVEL", "WARN"))
     log.info("Spark %s session, master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def session_master(spark: SparkSession) -> str:
+    """The master URL of the running session (pyspark types it optional; a started context has one)."""
+    master = spark.sparkContext.master
+    if master is None:
+        raise SparkConfigError("the Spark session has no master URL (spark.master is unset)")
+    return master

@@ -29,12 +29,14 @@ histories that silently stop at an earlier day.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.errors import ConfigError, SourceOrderUnavailableError
 from pipelines.tables.input_contracts import EVENTS_COLUMNS
 from pipelines.tables.schemas import check_schema
+from pipelines.tables.spark_rows import first_row
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -123,7 +125,7 @@ def prune_events(events: DataFrame, ds: str) -> DataFrame:
     return filed_by_ds.unionByName(filed_later)
 
 
-def with_unread_later_rows(drops: dict[str, int], later_dated_rows: int) -> dict[str, int]:
+def with_unread_later_rows(drops: Mapping[str, int], later_dated_rows: int) -> dict[str, int]:
     """The counts of a :func:`prune_events` read as an unpruned read gives them: the rows of later
     partitions that were not read (``later_dated_rows`` from the table log, minus those read) had a
     ``ts`` after ``ds``, so they count as read and as ``events_after_ds``.  (Unlike an unpruned read,
@@ -165,7 +167,7 @@ def drop_counts(flagged: DataFrame) -> dict[str, int]:
     from pyspark.sql import functions as F
 
     valid = ~F.col("is_null") & ~F.col("is_negative")
-    row = flagged.agg(
+    row = first_row(flagged.agg(
         F.count(F.lit(1)).alias("events_read"),
         F.sum(F.col("is_null").cast("long")).alias("null_ids"),
         F.sum((~F.col("is_null") & F.col("is_negative")).cast("long")).alias("negative_ids"),
@@ -173,7 +175,7 @@ def drop_counts(flagged: DataFrame) -> dict[str, int]:
         F.sum((valid & ~F.col("is_future") & F.col("is_on_or_after_ds")).cast("long")).alias("events_on_ds"),
         F.sum(F.col("is_filed_later").cast("long")).alias("later_dated_rows"),
         F.sum((valid & ~F.col("is_future") & F.col("is_filed_later")).cast("long")).alias("late_filed_events"),
-    ).head()
+    ), "the drop counts of events")
     return {k: int(row[k] or 0) for k in row.asDict()}
 
 
@@ -239,11 +241,11 @@ def kept_counts(per_user: DataFrame, cfg: HistoryConfig) -> dict[str, int]:
     from pyspark.sql import functions as F
 
     size = F.size("events")
-    row = per_user.agg(
+    row = first_row(per_user.agg(
         F.sum("n_events").alias("distinct_events"),
         F.sum(size).alias("known_events"),
         F.sum(F.greatest(size - F.lit(cfg.max_history), F.lit(0))).alias("truncated_events"),
         F.count(F.lit(1)).alias("users"),
         F.sum((size == 0).cast("long")).alias("users_without_known_items"),
-    ).head()
+    ), "the counts of the per-user event lists")
     return {k: int(row[k] or 0) for k in row.asDict()}

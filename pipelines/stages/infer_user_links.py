@@ -8,6 +8,7 @@ the others' rows are copied.  ``full=True`` encodes everyone.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from pyspark import Accumulator
     from pyspark.sql import DataFrame
 
-    from pipelines.runtime.inference_task import InferenceConfig
+    from pipelines.runtime.inference_task import InferenceConfig, TaskRecord
     from pipelines.tables.store import ArrowTask
 
 
@@ -77,15 +78,16 @@ def _kept_users(ctx: RunContext, histories: DataFrame, prev: str) -> np.ndarray:
 
 
 def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord, histories: DataFrame,
-                       prev: str, records: Accumulator) -> list[tuple[DataFrame, ArrowTask]]:
-    """Encode the users whose history changed; copy the others' rows of the previous day."""
+                       prev: str, records: Accumulator[list[TaskRecord]],
+                       ) -> tuple[list[tuple[DataFrame, ArrowTask]], int]:
+    """Encode the users whose history changed; copy the others' rows of the previous day (how
+    many: the int)."""
     from pyspark.sql import functions as F
 
     from pipelines.runtime.inference_task import inference_input, inference_task
     from pipelines.runtime.row_copy import copy_part
 
     keep = timed(record, "find_changed_users", lambda: _kept_users(ctx, histories, prev))
-    record.count("users_reused", len(keep))
     keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
     to_encode = histories.where(F.col("n") > 0).join(F.broadcast(keep_frame), "user_id", "left_anti")
     partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
@@ -93,24 +95,24 @@ def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecor
                      files=ctx.store.file_uris(USER_LINKS, partition={"ds": prev}),
                      previous=ctx.store.read(USER_LINKS, partition={"ds": prev}), partition={"ds": ctx.ds},
                      keep=ctx.spark.sparkContext.broadcast(keep), keep_frame=keep_frame)
-    return [(inference_input(to_encode, partitions), inference_task(cfg, ctx.ds, records)), copy]
+    return [(inference_input(to_encode, partitions), inference_task(cfg, ctx.ds, records)), copy], len(keep)
 
 
 def _encode_and_write(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord, histories: DataFrame,
-                      mode: RunMode, request: WriteRequest) -> tuple[CommitResult, list[dict[str, object]]]:
+                      mode: RunMode, request: WriteRequest) -> tuple[CommitResult, list[TaskRecord], int]:
     """Encode (and, incremental, copy) and commit, each task writing its rows to its own files;
-    the inference tasks' records."""
+    the inference tasks' records and the number of users copied."""
     from pipelines.runtime.inference_task import TaskRecords, inference_input, inference_task
 
     records = ctx.spark.sparkContext.accumulator([], TaskRecords())
     partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
     record.metrics["partitions"] = partitions
     if mode.incremental:
-        parts = _incremental_parts(ctx, cfg, record, histories, mode.previous_ds, records)
+        parts, reused = _incremental_parts(ctx, cfg, record, histories, mode.previous_ds, records)
     else:
-        parts = [(inference_input(histories, partitions), inference_task(cfg, ctx.ds, records))]
+        parts, reused = [(inference_input(histories, partitions), inference_task(cfg, ctx.ds, records))], 0
     commit = timed(record, "infer_and_write", lambda: ctx.store.write_mapped_parts(parts, request))
-    return commit, records.value
+    return commit, records.value, reused
 
 
 def infer_user_links(ctx: RunContext, cfg: InferenceConfig, *, full: bool = False) -> StageResult:
@@ -128,13 +130,14 @@ def infer_user_links(ctx: RunContext, cfg: InferenceConfig, *, full: bool = Fals
         histories = ctx.store.read(USER_HISTORIES, partition={"ds": ctx.ds})
         request = WriteRequest(USER_LINKS, "overwrite", app_id, partition={"ds": ctx.ds},
                                metadata={"model_version": ctx.model_version})
-        commit, task_records = _encode_and_write(ctx, cfg, record, histories, mode, request)
-        tasks = sorted(task_records, key=lambda r: (r["partition"], r["attempt"]))
-        reinferred = sum(int(t["users"]) for t in tasks)
+        commit, tasks, reused = _encode_and_write(ctx, cfg, record, histories, mode, request)
+        tasks = sorted(tasks, key=lambda t: (t.partition, t.attempt))
+        reinferred = sum(t.users for t in tasks)
         record.count("users_reinferred", reinferred)
-        record.count("users", reinferred + int(record.metrics.setdefault("users_reused", 0)))
-        record.count("tokens", sum(int(t["tokens"]) for t in tasks))
-        record.metrics["devices"] = sorted({str(t["device"]) for t in tasks})
-        record.metrics["gpus_assigned"] = sorted({g for t in tasks for g in t["gpus"]})
-        record.metrics["tasks"] = tasks[:256]
+        record.count("users_reused", reused)
+        record.count("users", reinferred + reused)
+        record.count("tokens", sum(t.tokens for t in tasks))
+        record.metrics["devices"] = sorted({t.device for t in tasks})
+        record.metrics["gpus_assigned"] = sorted({g for t in tasks for g in t.gpus})
+        record.metrics["tasks"] = [asdict(t) for t in tasks[:256]]
         return finish(record, commit)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pipelines.stages.context import PRECOMPUTE_CANDIDATES, RunContext, StageResult, already_done, finish, timed
 from pipelines.tables.audit import audited
 from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS
-from pipelines.tables.store import CommitResult, WriteRequest
+from pipelines.tables.spark_rows import first_row
+from pipelines.tables.store import WriteRequest
 
 
 def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
@@ -33,7 +34,8 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
         ids = catalogue_in_vocabulary(items, ctx.vocabulary()).persist()
         try:
             catalogue = ids.count()
-            read = items.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("item_id").alias("ids")).head()
+            read = first_row(items.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("item_id").alias("ids")),
+                             "the count of items")
             record.count("items_read", read["rows"])
             record.count("items_null_or_duplicate", read["rows"] - read["ids"])
             record.count("items_unknown_to_model", read["ids"] - catalogue)
@@ -52,7 +54,6 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
             commit = timed(record, "write", lambda: ctx.store.write(rows, request))
         finally:
             ids.unpersist()
-        assert isinstance(commit, CommitResult)
         return finish(record, commit)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipelines.errors import QualityGateError
+from pipelines.tables.spark_rows import first_row
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -138,7 +139,7 @@ def check_recommendations(
                  else candidate_ids.select("item_id").distinct().count())
     # seen items can only shorten a list when the catalogue minus the largest seen set is below K
     largest = (largest_seen if largest_seen is not None
-               else int(histories.agg(F.max("n_seen")).head()[0] or 0))
+               else int(first_row(histories.agg(F.max("n_seen")), "max(n_seen) of user_histories")[0] or 0))
     seen_matters = exclude_seen and catalogue - largest < top_k
     users = _with_seen_candidates(histories, candidate_ids, seen_matters)
     users = _with_own_eligible(users, histories, candidate_ids, user_candidates, exclude_seen)
@@ -204,7 +205,7 @@ def _gate_statistics(joined: DataFrame, expected: Column, top_k: int) -> dict[st
     from pyspark.sql import functions as F
 
     rows, n = F.col("rows"), F.col("n")
-    stats_row = joined.agg(
+    stats_row = first_row(joined.agg(
         F.count(F.lit(1)).alias("users"),
         F.sum((rows.isNull() & (expected > 0)).cast("long")).alias("users_without_recommendations"),
         F.sum((rows.isNull() & (expected == 0)).cast("long")).alias("users_without_eligible_candidates"),
@@ -221,7 +222,7 @@ def _gate_statistics(joined: DataFrame, expected: Column, top_k: int) -> dict[st
         )).cast("long")).alias("users_with_wrong_source"),
         F.sum(F.coalesce(rows, F.lit(0))).alias("rows"),
         F.sum((n == 0).cast("long")).alias("popular_users"),
-    ).head()
+    ), "the quality gate's statistics")
     return {k: int(stats_row[k] or 0) for k in stats_row.asDict()}
 
 

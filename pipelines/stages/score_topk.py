@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -43,13 +43,18 @@ from pipelines.tables.schemas import (
     USER_HISTORIES,
     USER_LINKS,
 )
+from pipelines.tables.spark_rows import first_row
 from pipelines.tables.store import CommitResult, WriteRequest
 
 if TYPE_CHECKING:
+    from pyspark import Broadcast
     from pyspark.sql import DataFrame
 
+    from pipelines.runtime.candidate_matrix import CandidateMatrix
     from pipelines.runtime.scoring_task import LinkFiles, ScoringConfig
     from pipelines.tables.store import ArrowTask
+
+T = TypeVar("T")
 
 
 def _candidate_count(ctx: RunContext) -> int:
@@ -74,7 +79,7 @@ def _largest_seen_set(ctx: RunContext, histories: DataFrame) -> int:
     bounds = ctx.store.column_bounds(USER_HISTORIES, "n_seen", {"ds": ctx.ds})
     if bounds is not None:
         return int(bounds[1])
-    return int(histories.agg(F.max("n_seen")).head()[0] or 0)
+    return int(first_row(histories.agg(F.max("n_seen")), "max(n_seen) of user_histories")[0] or 0)
 
 
 def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
@@ -193,18 +198,20 @@ def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> Scorin
 class _Shipped:
     """Broadcast variables of one run, destroyed when the stage ends."""
 
-    items: list[Any] = field(default_factory=list)
+    items: list[Broadcast[Any]] = field(default_factory=list)
 
-    def broadcast(self, ctx: RunContext, value: Any) -> Any:
-        self.items.append(ctx.spark.sparkContext.broadcast(value))
-        return self.items[-1]
+    def broadcast(self, ctx: RunContext, value: T) -> Broadcast[T]:
+        shipped = ctx.spark.sparkContext.broadcast(value)
+        self.items.append(shipped)
+        return shipped
 
     def destroy(self) -> None:
         for item in self.items:
             item.destroy()
 
 
-def _load_candidates(ctx: RunContext, plan: ScoringPlan, shipped: _Shipped) -> tuple[np.ndarray, Any, list[str]]:
+def _load_candidates(ctx: RunContext, plan: ScoringPlan, shipped: _Shipped
+                     ) -> tuple[np.ndarray, Broadcast[CandidateMatrix] | None, list[str]]:
     """(candidate ids sorted, the matrix broadcast or None, shard files): read from the table
     files as Arrow on the driver, without a Spark job."""
     from pipelines.runtime.candidate_matrix import candidate_matrix

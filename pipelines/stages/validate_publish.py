@@ -22,12 +22,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.errors import ConfigError, ModelVersionMismatchError, PartitionNotFoundError
 from pipelines.stages.quality_gate import Check, QualityReport, check_recommendations
-from pipelines.tables.audit import STATUS_PUBLISHED, STATUS_SKIPPED, AuditRecord, audited, latest_success, read_audit
+from pipelines.tables.audit import (
+    STATUS_PUBLISHED,
+    STATUS_SKIPPED,
+    AuditRecord,
+    AuditRow,
+    audited,
+    latest_success,
+    read_audit,
+)
 from pipelines.tables.schemas import (
     CANDIDATE_LINK_WEIGHTS,
     RECOMMENDATIONS,
@@ -87,7 +96,7 @@ def write_report(root: str, ds: str, text: str) -> str:
     return target
 
 
-def run_model_version(audit_rows: list[dict[str, object]], run_id: str, recs_versions: list[str]) -> str:
+def run_model_version(audit_rows: Sequence[AuditRow], run_id: str, recs_versions: Sequence[str]) -> str:
     """The model version this run scored with (audit of score_topk), else the only one in the rows."""
     scored = latest_success(audit_rows, "score_topk", run_id) or latest_success(audit_rows, "score_topk")
     if scored is not None and scored.get("model_version"):
@@ -99,7 +108,7 @@ def run_model_version(audit_rows: list[dict[str, object]], run_id: str, recs_ver
     )
 
 
-def already_published(audit_rows: list[dict[str, object]], cfg: PublishConfig, version: int) -> bool:
+def already_published(audit_rows: Sequence[AuditRow], cfg: PublishConfig, version: int) -> bool:
     return any(r["job"] == JOB and r["run_id"] == cfg.run_id and r["status"] == STATUS_PUBLISHED
                and r["table_version"] == version for r in audit_rows)
 
@@ -158,12 +167,13 @@ def validate_and_report(store: TableStore, cfg: PublishConfig, record: AuditReco
     return gate
 
 
-def provisional(record: AuditRecord) -> dict[str, object]:
+def provisional(record: AuditRecord) -> AuditRow:
     """This job's own row as the report shows it (its audit row is appended after the report)."""
     import datetime as dt
 
-    return {"job": record.job, "run_id": record.run_id, "status": "running", "started_at": record.started_at,
-            "finished_at": dt.datetime.now(dt.UTC), "metrics": {}}
+    return {"ds": record.ds, "job": record.job, "run_id": record.run_id, "status": "running",
+            "model_version": record.model_version, "started_at": record.started_at,
+            "finished_at": dt.datetime.now(dt.UTC), "table_version": record.table_version, "metrics": {}}
 
 
 def validate_publish(store: TableStore, cfg: PublishConfig) -> AuditRecord:

@@ -12,9 +12,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import pyarrow as pa
 
@@ -28,6 +29,20 @@ STATUS_SUCCEEDED = "succeeded"
 STATUS_SKIPPED = "skipped"  # this run id had already committed: nothing redone
 STATUS_FAILED = "failed"
 STATUS_PUBLISHED = "published"
+
+
+class AuditRow(TypedDict):
+    """One ``run_audit`` row as :func:`read_audit` returns it."""
+
+    ds: str
+    job: str
+    run_id: str
+    status: str
+    model_version: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    table_version: int | None
+    metrics: dict[str, Any]  # decoded JSON: counts, timings, and lists and objects (e.g. per-task records)
 
 
 @dataclass
@@ -95,7 +110,7 @@ def audited(store: TableStore, job: str, ds: str, run_id: str) -> Iterator[Audit
     append_audit(store, record)
 
 
-def read_audit(store: TableStore, ds: str) -> list[dict[str, object]]:
+def read_audit(store: TableStore, ds: str) -> list[AuditRow]:
     """Audit rows of ``ds``, oldest first, metrics decoded (driver-side, via delta-rs)."""
     reader = store if isinstance(store, DeltaRsStore) else DeltaRsStore(None, store.root)
     if not reader.exists(RUN_AUDIT):
@@ -107,9 +122,7 @@ def read_audit(store: TableStore, ds: str) -> list[dict[str, object]]:
     return rows
 
 
-def latest_success(
-    rows: list[Mapping[str, object]], job: str, run_id: str | None = None
-) -> Mapping[str, object] | None:
+def latest_success(rows: Sequence[AuditRow], job: str, run_id: str | None = None) -> AuditRow | None:
     ok = [r for r in rows if r["job"] == job and r["status"] in (STATUS_SUCCEEDED, STATUS_SKIPPED, STATUS_PUBLISHED)
           and (run_id is None or r["run_id"] == run_id)]
     return ok[-1] if ok else None

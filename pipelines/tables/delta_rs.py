@@ -34,6 +34,7 @@ from pipelines.errors import (
     ConcurrentWriteError,
     MissingDataFileError,
     PartitionOutsideOverwriteError,
+    SparkConfigError,
     TableError,
     TableNotFoundError,
     UnsupportedTableFeatureError,
@@ -54,7 +55,8 @@ from pipelines.tables.store import (
 )
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable
+    from deltalake import DeltaTable, Schema
+    from deltalake.transaction import AddAction, CommitProperties
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -206,7 +208,8 @@ class DeltaRsStore:
         """The rows of table ``name``'s data ``files`` (partition values from their folders)."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        assert self.spark is not None, "reading into Spark needs a session"
+        if self.spark is None:
+            raise SparkConfigError(f"table {name!r}: reading into Spark needs a session; this store has none")
         spark_schema = from_arrow_schema(schema)
         if not files:
             return self.spark.createDataFrame([], spark_schema)
@@ -485,8 +488,8 @@ class DeltaRsStore:
                 f"(another run wrote it); not committing {what}"
             )
 
-    def _commit_once(self, spec: TableSpec, table: DeltaTable | None, adds: list[Any], *, mode: WriteMode,
-                     partition: Mapping[str, str] | None, props: Any) -> int:
+    def _commit_once(self, spec: TableSpec, table: DeltaTable | None, adds: Sequence[AddAction], *, mode: WriteMode,
+                     partition: Mapping[str, str] | None, props: CommitProperties) -> int:
         """One commit attempt on snapshot ``table`` (None: create the table); the version it wrote.
 
         The version comes from the commit itself, never from re-reading the table (another
@@ -501,15 +504,15 @@ class DeltaRsStore:
         partition_by = list(spec.partition_by) or None
         if table is None:
             try:
-                create_table_with_add_actions(uri, _delta_schema(spec.schema), adds, mode="error",
+                create_table_with_add_actions(uri, _delta_schema(spec.schema), list(adds), mode="error",
                                               partition_by=partition_by, commit_properties=props)
             except DeltaError as exc:
                 if "already exists" in str(exc):
                     raise _CreatedMeanwhile(str(exc)) from exc
                 raise
             return 0
-        table.create_write_transaction(
-            adds, mode, _delta_schema(spec.schema), partition_by=partition_by,
+        table.create_write_transaction(  # list(): typed there as list[AddAction | RemoveAction]
+            list(adds), mode, _delta_schema(spec.schema), partition_by=partition_by,
             partition_filters=_partition_filters(partition) if mode == "overwrite" else None,
             commit_properties=props,
         )
@@ -555,7 +558,7 @@ def _check_commit_is_ours(table: str, uri: str, version: int, app_id: str) -> No
                          "the committed version is unknown (see the table's history)")
 
 
-def _delta_schema(schema: pa.Schema) -> object:
+def _delta_schema(schema: pa.Schema) -> Schema:
     from deltalake import Schema
 
     return Schema.from_arrow(schema)
@@ -567,11 +570,11 @@ def _checked(spec: TableSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.
         yield batch
 
 
-def _manifest_task(writer: ParquetFileWriter, task: ArrowTask | None = None):
+def _manifest_task(writer: ParquetFileWriter, task: ArrowTask | None = None) -> ArrowTask:
     """mapInArrow callable: one unique file prefix per task attempt; with ``task``, the
     batches it makes from the input are what gets written."""
 
-    def run(batches):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
         ctx = TaskContext.get()

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipelines.errors import ConfigError, TableError, TableNotFoundError
+from pipelines.errors import ConfigError, SparkConfigError, TableError, TableNotFoundError
 from pipelines.tables.schemas import TableSpec, check_schema
+from pipelines.tables.spark_rows import first_row
 from pipelines.tables.store import (
     TXN_VERSION,
     ArrowTask,
@@ -42,6 +43,19 @@ log = logging.getLogger(__name__)
 _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
 }
+
+
+def _jvm_view(spark: SparkSession) -> Any:
+    """The driver JVM as py4j shows it, for the Delta Java API.
+
+    Typed Any: py4j resolves JVM packages, classes and methods by attribute name at run time, so
+    nothing reached through it has a Python type.  pyspark types the view as optional (None until a
+    SparkContext runs in this process).
+    """
+    jvm = spark._jvm
+    if jvm is None:
+        raise SparkConfigError("the delta-spark engine needs a Spark session with a JVM in this process")
+    return jvm
 
 
 def sql_identifier(name: str) -> str:
@@ -127,12 +141,13 @@ class DeltaSparkStore:
     def uri(self, table: str) -> str:
         return f"{self.root}/{table}"
 
-    def _jtable(self, spec: TableSpec):
-        jvm = self.spark._jvm  # type: ignore[attr-defined]
+    def _jtable(self, spec: TableSpec) -> Any:
+        """The table's JVM ``io.delta.tables.DeltaTable`` (a py4j proxy), or None when it is not a Delta table."""
+        delta_table = _jvm_view(self.spark).io.delta.tables.DeltaTable
         uri = self.uri(spec.name)
-        if not jvm.io.delta.tables.DeltaTable.isDeltaTable(self.spark._jsparkSession, uri):  # type: ignore[attr-defined]
+        if not delta_table.isDeltaTable(self.spark._jsparkSession, uri):
             return None
-        return jvm.io.delta.tables.DeltaTable.forPath(self.spark._jsparkSession, uri)  # type: ignore[attr-defined]
+        return delta_table.forPath(self.spark._jsparkSession, uri)
 
     def exists(self, spec: TableSpec) -> bool:
         return self._jtable(spec) is not None
@@ -147,7 +162,7 @@ class DeltaSparkStore:
         if self._jtable(spec) is None:
             return None
         detail = self.spark.sql(f"DESCRIBE DETAIL delta.{sql_identifier(self.uri(spec.name))}")
-        return str(detail.select("id").head()[0])
+        return str(first_row(detail.select("id"), f"DESCRIBE DETAIL of table {spec.name!r}")[0])
 
     def check_schema(self, spec: TableSpec) -> None:
         if self._jtable(spec) is not None:

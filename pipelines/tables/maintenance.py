@@ -110,7 +110,6 @@ def rollback_partition(store: TableStore, spec: TableSpec, partition: Mapping[st
     if not isinstance(store, DeltaRsStore):
         raise _rollback_unsupported(store.engine)
     target = check_partition_arg(spec, partition)
-    assert target is not None
     current = store.delta_table(spec)
     old = store.delta_table(spec, to_version)  # TableError naming the versions when it does not exist
     for snapshot in (current, old):

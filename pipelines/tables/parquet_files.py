@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,12 +47,13 @@ class DataFile:
     stats: str
 
     @classmethod
-    def from_row(cls, row: Mapping[str, object]) -> DataFile:
+    def from_row(cls, row: Mapping[str, Any]) -> DataFile:
+        """One manifest row (:data:`MANIFEST_SCHEMA`) as Spark or Arrow hands it back, values untyped."""
         return cls(
             path=str(row["path"]),
             partition_values=json.loads(str(row["partition_values"])),
-            size=int(row["size"]),  # type: ignore[arg-type]
-            num_records=int(row["num_records"]),  # type: ignore[arg-type]
+            size=int(row["size"]),
+            num_records=int(row["num_records"]),
             stats=str(row["stats"]),
         )
 
@@ -80,8 +82,9 @@ class _FileStats:
     def __init__(self) -> None:
         self.rows = 0
         self.nulls: dict[str, int] = {}
-        self.mins: dict[str, object] = {}
-        self.maxs: dict[str, object] = {}
+        # min/max statistics are kept for integer and string columns only
+        self.mins: dict[str, int | str] = {}
+        self.maxs: dict[str, int | str] = {}
 
     def add(self, chunk: pa.Table) -> None:
         self.rows += chunk.num_rows
@@ -90,9 +93,10 @@ class _FileStats:
             typ = column.type
             if (pa.types.is_integer(typ) or pa.types.is_string(typ)) and column.null_count < len(column):
                 minmax = pc.min_max(column)
-                lo, hi = minmax["min"].as_py(), minmax["max"].as_py()
-                self.mins[name] = lo if name not in self.mins else min(self.mins[name], lo)  # type: ignore[type-var]
-                self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)  # type: ignore[type-var]
+                lo: int | str = minmax["min"].as_py()
+                hi: int | str = minmax["max"].as_py()
+                self.mins[name] = lo if name not in self.mins else min(self.mins[name], lo)
+                self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -211,7 +215,7 @@ class ParquetFileWriter:
 
 
 class _OpenFile:
-    def __init__(self, writer: pq.ParquetWriter, sink: object, rel: str, values: dict[str, str]) -> None:
+    def __init__(self, writer: pq.ParquetWriter, sink: pa.NativeFile, rel: str, values: dict[str, str]) -> None:
         self.writer = writer
         self.sink = sink
         self.rel = rel

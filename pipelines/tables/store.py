@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -196,6 +196,18 @@ class TableStore(Protocol):
     def commit_staged(self, staged: StagedWrite) -> CommitResult: ...
 
     def discard_staged(self, staged: StagedWrite) -> None: ...
+
+
+@overload
+def check_partition_arg(spec: TableSpec, partition: Mapping[str, str]) -> dict[str, str]: ...
+
+
+@overload
+def check_partition_arg(spec: TableSpec, partition: None) -> None: ...
+
+
+@overload
+def check_partition_arg(spec: TableSpec, partition: Mapping[str, str] | None) -> dict[str, str] | None: ...
 
 
 def check_partition_arg(spec: TableSpec, partition: Mapping[str, str] | None) -> dict[str, str] | None:

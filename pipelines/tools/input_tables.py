@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ import pyarrow as pa
 
 from lime_model.datasets import load_movielens_100k
 from pipelines.tables.schemas import EVENTS, ITEMS
-from pipelines.tables.store import CommitResult, TableStore, WriteRequest, count_text
+from pipelines.tables.store import ArrowTask, CommitResult, TableStore, WriteRequest, count_text
 from pipelines.tools.synthetic_data import SyntheticConfig, generate_block, generate_items
 
 if TYPE_CHECKING:
@@ -30,8 +31,8 @@ class SourceWrite:
     last_day: dt.date
 
 
-def _generate_task(cfg: SyntheticConfig):
-    def run(batches):
+def _generate_task(cfg: SyntheticConfig) -> ArrowTask:
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for block in batch.column("id").to_pylist():
                 yield from generate_block(cfg, int(block)).to_batches()

@@ -25,7 +25,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from pyspark.sql import DataFrame
+
+    from pipelines.tables.audit import AuditRow
 
 # the stages of a nightly run, in DAG order (the report's rows-and-time plot follows it)
 STAGE_ORDER = (
@@ -162,24 +164,20 @@ def popularity_deciles(
     return shares / total if total else shares
 
 
-def stages_from_audit(rows: Sequence[Mapping[str, object]], run_id: str) -> list[StageTiming]:
+def stages_from_audit(rows: Sequence[AuditRow], run_id: str) -> list[StageTiming]:
     """The last audit row of each stage of ``run_id``, in DAG order (unknown jobs last)."""
-    latest: dict[str, Mapping[str, object]] = {}
-    for row in sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: r["finished_at"]):  # type: ignore[arg-type,return-value]
-        latest[str(row["job"])] = row
+    latest: dict[str, AuditRow] = {}
+    for row in sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: r["finished_at"]):
+        latest[row["job"]] = row
     order = {job: i for i, job in enumerate(STAGE_ORDER)}
     stages = []
     for job in sorted(latest, key=lambda j: (order.get(j, len(order)), j)):
         row = latest[job]
         metrics = row.get("metrics") or {}
-        assert isinstance(metrics, Mapping)
-        started, finished = row["started_at"], row["finished_at"]
-        assert isinstance(started, dt.datetime) and isinstance(finished, dt.datetime)
         written = metrics.get("rows_written")
         unknown = "rows_written" in metrics and written is None  # recorded as null: not counted
-        stages.append(StageTiming(job, str(row["status"]), (finished - started).total_seconds(),
-                                  None if written is None else int(written),  # type: ignore[call-overload]
-                                  rows_unknown=unknown))
+        stages.append(StageTiming(job, row["status"], (row["finished_at"] - row["started_at"]).total_seconds(),
+                                  None if written is None else int(written), rows_unknown=unknown))
     return stages
 
 
@@ -376,6 +374,8 @@ def collect_aggregates(recs: DataFrame, histories: DataFrame, items: DataFrame, 
     """
     from pyspark.sql import functions as F
 
+    from pipelines.tables.spark_rows import first_row
+
     sources = {
         str(r["source"]): SourceCount(int(r["users"]), int(r["rows"]))
         for r in recs.groupBy("source").agg(
@@ -384,11 +384,10 @@ def collect_aggregates(recs: DataFrame, histories: DataFrame, items: DataFrame, 
     score = F.col("score").cast("double")
     finite = score.isNotNull() & ~F.isnan(score) & (F.abs(score) != float("inf"))
     model = recs.where(F.col("source") == "model")
-    stats = model.agg(
+    stats = first_row(model.agg(
         F.min(F.when(finite, score)).alias("lo"), F.max(F.when(finite, score)).alias("hi"),
         F.sum((~finite).cast("long")).alias("bad"),
-    ).head()
-    assert stats is not None
+    ), "the score range of the recommendations")
     counts = np.zeros(bins, np.int64)
     if stats["lo"] is None:
         edges = np.linspace(0.0, 1.0, bins + 1)
@@ -400,10 +399,10 @@ def collect_aggregates(recs: DataFrame, histories: DataFrame, items: DataFrame, 
         bucket = F.least(F.floor((score - F.lit(lo)) / F.lit(width)).cast("int"), F.lit(bins - 1))
         for r in model.where(finite).groupBy(bucket.alias("b")).count().collect():
             counts[int(r["b"])] = int(r["count"])
-    item_counts = recs.groupBy("item_id").agg(F.count(F.lit(1)).alias("recommendations")).toPandas()
-    popularity = (
+    item_counts = _pandas(recs.groupBy("item_id").agg(F.count(F.lit(1)).alias("recommendations")))
+    popularity = _pandas(
         histories.select(F.explode("item_ids").alias("item_id"))
-        .groupBy("item_id").agg(F.count(F.lit(1)).alias("interactions")).toPandas()
+        .groupBy("item_id").agg(F.count(F.lit(1)).alias("interactions"))
     )
     catalogue_ids = items.select("item_id").distinct().toArrow().column("item_id").to_numpy()
     return Aggregates(
@@ -413,3 +412,9 @@ def collect_aggregates(recs: DataFrame, histories: DataFrame, items: DataFrame, 
         catalogue_ids=np.asarray(catalogue_ids, np.int64),
         popularity=popularity.astype({"item_id": "int64", "interactions": "int64"}),
     )
+
+
+def _pandas(frame: DataFrame) -> pd.DataFrame:
+    """``frame.toPandas()``: pyspark annotates it with a pandas alias that its own stubs do not
+    resolve for mypy, so the pandas DataFrame it returns is named here."""
+    return cast("pd.DataFrame", frame.toPandas())

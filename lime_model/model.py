@@ -85,8 +85,8 @@ class HistoryEmbedding(nn.Module):
 # columns on (HSTUBlock.folds): below it, the per-user widening costs more than it saves.
 FOLD_MIN_KEYS = 256
 # The same for queries shared by the whole batch (the first block's links, L): their widening is
-# paid once per call, only W_v per user, so folding pays earlier (FLOPs: from ~ell keys; measured
-# on the 2-core CPU, d=64, ell=32, 256 users: even at 64 keys, 17-20% faster at 128).
+# paid once per call, only W_v per user, so folding pays earlier (from ~ell keys in FLOPs; the
+# measured thresholds are in docs/model.md, "The networks").
 FOLD_MIN_KEYS_SHARED = 64
 
 
@@ -155,8 +155,8 @@ class HSTUBlock(nn.Module):
 
         Per key it saves ``2 d (d - (H - 1) m)`` multiply-adds (K and V against the wider
         attention); per call it adds ``~2 m d^2`` (widening the queries, then ``W_v``), which runs
-        as small per-user matrix products.  So it pays only for long histories: measured on the
-        2-core CPU (d=64, H=2, m=32) it is slower below ~200 keys and 15-25% faster from 2,048.
+        as small per-user matrix products.  So it pays only for long histories (docs/model.md has
+        the measured break-even).
         ``shared``: one set of queries for the whole batch (batch 1), widened once per call.
         """
         min_keys = FOLD_MIN_KEYS_SHARED if shared else FOLD_MIN_KEYS

@@ -53,8 +53,8 @@ TOPK_SCHEMA = pa.schema([
 ])
 
 
-# candidates per GEMM: (user_block x 4096) float32 scores stay near the cache; 15-25% faster per
-# user than 8192 at both benchmark model shapes (ell*d = 256 and 2048) on this 2-core EPYC
+# candidates per GEMM: the (user_block x CANDIDATE_BLOCK) float32 scores stay near the cache
+# (docs/pipeline.md, "Tuning constants", has the measurement)
 CANDIDATE_BLOCK = 4096
 
 
@@ -237,8 +237,7 @@ class LinkFiles:
     ``user_id, l_p`` in batches of ``batch_rows`` and attaches every user's ``seen`` list from
     the broadcast Arrow table (``user_id, seen``; None when seen items are not excluded).
     ``L_P`` then never becomes Spark rows (no JVM Parquet decode, join or conversion back to
-    Arrow).  Measured: the 10k-user memory probe's JVM peaked at ~0.7 GiB instead of ~1.1 GiB;
-    at 30k users the scoring time stayed within run-to-run noise.
+    Arrow), which keeps the JVM's memory down (docs/pipeline.md, "Tuning constants").
     """
 
     seen: Broadcast[pa.Table] | None

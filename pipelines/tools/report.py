@@ -81,6 +81,7 @@ class StageTiming:
     seconds: float
     rows: int | None  # rows written (None: the stage wrote no table, or was skipped, or unknown)
     rows_unknown: bool = False  # the stage wrote rows but the engine could not count them
+    mode: str = ""  # incremental stages: "incremental (N recomputed, M reused)" or "full: why"
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,23 @@ def popularity_deciles(
     return shares / total if total else shares
 
 
+RECOMPUTED_COUNTS = ("users_extracted", "users_reinferred", "users_rescored")
+
+
+def mode_text(metrics: Mapping[str, object]) -> str:
+    """What an incremental stage's audit row says of its mode, for the report ("" for the others)."""
+    mode = metrics.get("mode")
+    if mode is None:
+        return ""
+    recomputed = next((metrics[k] for k in RECOMPUTED_COUNTS if k in metrics), None)
+    reused = metrics.get("users_reused")
+    counts = (f"{recomputed:,} recomputed, {reused:,} reused"
+              if isinstance(recomputed, int) and isinstance(reused, int) else "counts not recorded")
+    if mode == "incremental":
+        return f"incremental ({counts})"
+    return f"{mode}: {metrics.get('mode_reason', 'no reason recorded')}"
+
+
 def stages_from_audit(rows: Sequence[AuditRow], run_id: str) -> list[StageTiming]:
     """The last audit row of each stage of ``run_id``, in DAG order (unknown jobs last)."""
     latest: dict[str, AuditRow] = {}
@@ -177,7 +195,8 @@ def stages_from_audit(rows: Sequence[AuditRow], run_id: str) -> list[StageTiming
         written = metrics.get("rows_written")
         unknown = "rows_written" in metrics and written is None  # recorded as null: not counted
         stages.append(StageTiming(job, row["status"], (row["finished_at"] - row["started_at"]).total_seconds(),
-                                  None if written is None else int(written), rows_unknown=unknown))
+                                  None if written is None else int(written), rows_unknown=unknown,
+                                  mode=mode_text(metrics)))
     return stages
 
 
@@ -315,7 +334,7 @@ def render_report(data: ReportData) -> str:
     )
     stages = "\n".join(
         f"<tr><td>{_esc(s.job)}</td><td>{_esc(s.status)}</td><td>{_rows_cell(s)}</td>"
-        f"<td>{s.seconds:.1f}</td></tr>"
+        f"<td>{s.seconds:.1f}</td><td>{_esc(s.mode)}</td></tr>"
         for s in data.stages
     )
     plots = [
@@ -346,7 +365,7 @@ Generated {_esc(data.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"))}.</p>
 </table>
 <h2>Stages</h2>
 <table>
-<tr><th>stage</th><th>status</th><th>rows written</th><th>seconds (job body)</th></tr>
+<tr><th>stage</th><th>status</th><th>rows written</th><th>seconds (job body)</th><th>mode</th></tr>
 {stages}
 </table>
 {images}

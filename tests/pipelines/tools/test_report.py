@@ -155,6 +155,22 @@ def test_collect_aggregates_counts_per_source_bins_model_scores_and_flags_nan(sp
     assert sorted(agg.catalogue_ids.tolist()) == [10, 11, 12, 13, 14]
 
 
+def test_the_stage_table_says_which_stages_ran_incrementally_and_why_the_others_did_not() -> None:
+    incremental = {**_audit("infer_user_links", "r1", "succeeded", 0, 3, 200),
+                   "metrics": {"rows_written": 200, "mode": "incremental", "mode_reason": "links of the day before",
+                               "users_reinferred": 12, "users_reused": 1188}}
+    full = {**_audit("score_topk", "r1", "succeeded", 5, 7, 12000),
+            "metrics": {"rows_written": 12000, "mode": "full",
+                        "mode_reason": "top_k was 10 on the previous day, now 20", "users_rescored": 1200,
+                        "users_reused": 0}}
+    stages = stages_from_audit([incremental, full], "r1")
+    assert [s.mode for s in stages] == ["incremental (12 recomputed, 1,188 reused)",
+                                        "full: top_k was 10 on the previous day, now 20"]
+    page = render_report(ReportData(**{**vars(_data()), "stages": stages}))
+    assert "<td>incremental (12 recomputed, 1,188 reused)</td>" in page
+    assert "<td>full: top_k was 10 on the previous day, now 20</td>" in page
+
+
 def test_rows_an_engine_could_not_count_show_as_unknown_not_as_a_number() -> None:
     """delta-spark without history metrics: the commit has rows=None, the audit null, the report "unknown"."""
     from pipelines.tables.audit import AuditRecord

@@ -25,27 +25,28 @@ log = logging.getLogger(__name__)
 EXACT_LENGTHS = 64  # histories up to this long are batched with others of exactly their length
 
 
-def padded_length(n: int) -> int:
+def padded_length(n: int, limit: int) -> int:
     """The width a history of ``n`` items is padded to: ``n`` itself up to :data:`EXACT_LENGTHS`,
     beyond that ``n`` rounded up to an eighth of its power of two (at most 12.5% padding).
 
     It depends on the user's own length only, never on the other users of a batch: padding
     changes the float rounding of attention, so a user's ``L_P`` would otherwise change (by
     ~1e-5) with whoever shares the batch, and an incremental night, which encodes only some
-    users, would not reproduce a full one."""
+    users, would not reproduce a full one.  Never more than ``limit`` (the model's
+    ``max_history``, at least ``n``)."""
     if n <= EXACT_LENGTHS:
         return max(n, 1)
     step = 1 << (n.bit_length() - 4)
-    return -(-n // step) * step
+    return min(-(-n // step) * step, limit)
 
 
-def length_batches(lengths: np.ndarray, max_tokens_per_batch: int) -> list[np.ndarray]:
-    """lengths ``(U,)`` -> batches of user positions, longest first, each of one
-    :func:`padded_length` and with ``len(batch) * padded_length <= max_tokens_per_batch``
+def length_batches(lengths: np.ndarray, max_tokens_per_batch: int, limit: int) -> list[np.ndarray]:
+    """lengths ``(U,)`` (each at most ``limit``) -> batches of user positions, longest first, each
+    of one :func:`padded_length` and with ``len(batch) * padded_length <= max_tokens_per_batch``
     (or a single user)."""
     if max_tokens_per_batch < 1:
         raise ValueError(f"max_tokens_per_batch must be >= 1, got {max_tokens_per_batch}")
-    widths = np.fromiter((padded_length(int(n)) for n in lengths), dtype=np.int64, count=len(lengths))
+    widths = np.fromiter((padded_length(int(n), limit) for n in lengths), dtype=np.int64, count=len(lengths))
     order = np.lexsort((-lengths, -widths))  # (U,) widest first, stable by length
     batches = []
     for width in np.unique(widths)[::-1]:
@@ -102,8 +103,8 @@ def encode_histories(model: LimeModel, histories: Sequence[np.ndarray], timestam
     model.eval()
     try:
         with torch.inference_mode(), autocast:
-            for batch in length_batches(lengths, max_tokens_per_batch):
-                cols = padded_length(int(lengths[batch[0]]))
+            for batch in length_batches(lengths, max_tokens_per_batch, cut):
+                cols = padded_length(int(lengths[batch[0]]), cut)
                 items = torch.from_numpy(_aligned([hist[i] for i in batch], cols, 0)).to(device)  # (b, n)
                 seconds = None
                 if times is not None:

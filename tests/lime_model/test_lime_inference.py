@@ -60,7 +60,7 @@ def test_encode_histories_refuses_the_skyline() -> None:
 
 def test_length_batches_bound_tokens_and_cover_every_user_once() -> None:
     lengths = np.array([5, 100, 1, 30, 30, 7, 64])
-    batches = length_batches(lengths, max_tokens_per_batch=64)
+    batches = length_batches(lengths, max_tokens_per_batch=64, limit=100)
     assert sorted(np.concatenate(batches).tolist()) == list(range(7))
     for batch in batches:
         assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 64
@@ -68,10 +68,17 @@ def test_length_batches_bound_tokens_and_cover_every_user_once() -> None:
 
 
 def test_padded_length_is_exact_for_short_histories_and_within_an_eighth_beyond() -> None:
-    assert [padded_length(n) for n in (1, 7, 64)] == [1, 7, 64]
+    assert [padded_length(n, 200) for n in (1, 7, 64)] == [1, 7, 64]
     for n in range(65, 5000):
-        assert n <= padded_length(n) <= n * 1.125
-    assert padded_length(65) == padded_length(72) == 72
+        assert n <= padded_length(n, 5000) <= n * 1.125
+    assert padded_length(65, 200) == padded_length(72, 200) == 72
+    assert padded_length(200, 200) == 200  # rounded up it would be 208: never past the model's max_history
+
+
+def test_histories_as_long_as_max_history_are_encoded(tmp_path) -> None:
+    model = tiny_model(tiny_config("lime-xor", max_history=200))
+    histories = [np.arange(1, 201, dtype=np.int64) % 39 + 1, np.arange(1, 196, dtype=np.int64) % 39 + 1]
+    assert encode_histories(model, histories, None, CPU).shape == (2, 4 * 16)
 
 
 def test_an_encoded_user_barely_depends_on_who_else_is_in_the_run(tmp_path) -> None:

@@ -145,3 +145,15 @@ def test_an_injected_cycle_is_found(tmp_path: Path) -> None:
     assert graph["pipelines.tables.delta_rs"] == {"pipelines.stages.context"}
     assert find_cycle(graph) == ["pipelines.stages.context", "pipelines.tables.store", "pipelines.tables.delta_rs",
                                  "pipelines.stages.context"]
+
+
+def test_no_function_in_pipelines_or_lime_model_is_longer_than_60_lines() -> None:
+    long = []
+    for package in ("pipelines", "lime_model"):
+        for path in modules(REPO, package).values():
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > 60:
+                        long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long

@@ -9,13 +9,16 @@ subprocesses; every outcome is compared with a clean in-process run of the same 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -94,6 +97,13 @@ def world(spark, tmp_path_factory: pytest.TempPathFactory) -> World:
                  rows_of(store.uri("user_histories")))
 
 
+def copy_of(world: World, spark: Any, dest: Path) -> World:
+    """``world`` with its lakehouse copied under ``dest``: every test that writes works on its own
+    copy, so the module's clean run stays what the other tests compare with."""
+    shutil.copytree(world.lakehouse(), dest / "lakehouse")
+    return dataclasses.replace(world, root=dest, store=DeltaRsStore(spark, dest / "lakehouse"))
+
+
 def subprocess_env(fault: str | None) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "LIME_RANK_SPARK_LOG_LEVEL": "WARN"}
     env.pop(FAULT_ENV, None)
@@ -139,7 +149,9 @@ def audit(world: World, run_id: str) -> list[tuple[str, str]]:
 
 
 # --- an executor JVM killed during inference --------------------------------------------------------
-def test_executor_killed_during_inference_is_retried_to_the_exact_result(world: World) -> None:
+def test_executor_killed_during_inference_is_retried_to_the_exact_result(world: World, spark, tmp_path: Path,
+                                                                          ) -> None:
+    world = copy_of(world, spark, tmp_path)
     marker, out = world.root / "killed.marker", world.root / "killed.json"
     before = DeltaTable(world.store.uri("user_links")).version()
     proc = subprocess.run(
@@ -165,18 +177,22 @@ class Crash:
     before: dict[str, int]
     after: dict[str, int]
     new_files: set[str]  # user_links files the killed driver left on disk
+    world: World  # the crashed lakehouse (read only: copy it to go on)
 
 
 @pytest.fixture(scope="module")
-def crash(world: World) -> Crash:
-    """``lime-rank run`` whose driver dies right before the user_links commit (stage 3 of 4)."""
+def crash(world: World, spark, tmp_path_factory: pytest.TempPathFactory) -> Crash:
+    """``lime-rank run`` whose driver dies right before the user_links commit (stage 3 of 4), on a
+    copy of the clean world; the tests that go on from there each copy the crashed lakehouse."""
+    world = copy_of(world, spark, tmp_path_factory.mktemp("crash"))
     before, on_disk = versions(world), files_on_disk(world, "user_links")
     proc = lime_rank(world, "run", "nightly-1", "--max-history", str(MAX_HISTORY), "--top-k", str(K),
                      "--inference-device", "cpu", fault="crash-before-commit:table=user_links")
-    return Crash(proc, before, versions(world), files_on_disk(world, "user_links") - on_disk)
+    return Crash(proc, before, versions(world), files_on_disk(world, "user_links") - on_disk, world)
 
 
-def test_driver_killed_before_commit_leaves_the_table_unchanged(world: World, crash: Crash) -> None:
+def test_driver_killed_before_commit_leaves_the_table_unchanged(crash: Crash) -> None:
+    world = crash.world
     assert crash.proc.returncode == CRASH_EXIT_CODE, crash.proc.stderr[-4000:]
     assert crash.after["user_links"] == crash.before["user_links"]
     assert crash.after["recommendations"] == crash.before["recommendations"]
@@ -189,8 +205,11 @@ def test_driver_killed_before_commit_leaves_the_table_unchanged(world: World, cr
     assert audit(world, "nightly-1") == [("extract_histories", "succeeded"), ("precompute_candidates", "skipped")]
 
 
-def test_vacuum_lists_then_deletes_the_orphans(world: World, crash: Crash, capsys: pytest.CaptureFixture[str]) -> None:
+def test_vacuum_lists_then_deletes_the_orphans(crash: Crash, spark, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     from jobs.cli import main
+
+    world = copy_of(crash.world, spark, tmp_path)
 
     table = ["--lakehouse", world.lakehouse(), "--table", "user_links"]
     assert main(["vacuum", *table]) == 0  # default: dry run, 7 days: fresh orphans are kept
@@ -208,12 +227,13 @@ def test_vacuum_lists_then_deletes_the_orphans(world: World, crash: Crash, capsy
     assert_links_equal(links_of(world.store.uri("user_links")), world.links)
 
 
-def test_rerun_with_the_same_run_id_resumes_without_double_work(world: World, crash: Crash,
+def test_rerun_with_the_same_run_id_resumes_without_double_work(crash: Crash, spark, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from jobs.cli import main
 
-    before = versions(world)  # (a vacuum --delete adds two versions to user_links since the crash)
-    assert before["user_histories"] == crash.after["user_histories"]
+    world = copy_of(crash.world, spark, tmp_path)
+    before = versions(world)
+    assert before == crash.after
     # the same command again (in this process: the crashed driver is gone, its JVM with it)
     argv = lime_rank_argv(world, "run", "nightly-1", "--max-history", str(MAX_HISTORY), "--top-k", str(K),
                           "--inference-device", "cpu")[3:]
@@ -240,8 +260,10 @@ def test_rerun_with_the_same_run_id_resumes_without_double_work(world: World, cr
 
 
 # --- rolling back a bad run --------------------------------------------------------------------------
-def test_rollback_restores_one_partition_and_leaves_the_others(world: World, spark) -> None:
+def test_rollback_restores_one_partition_and_leaves_the_others(world: World, spark, tmp_path: Path) -> None:
     from jobs.cli import main
+
+    world = copy_of(world, spark, tmp_path)
 
     uri = world.store.uri("recommendations")
     good = DeltaTable(uri).version()
@@ -274,10 +296,11 @@ def test_rollback_restores_one_partition_and_leaves_the_others(world: World, spa
 
 
 # --- two runs of the same ds at once ---------------------------------------------------------------
-def test_concurrent_runs_of_the_same_ds_one_fails_and_the_table_holds_the_other(world: World, spark) -> None:
+def test_concurrent_runs_of_the_same_ds_one_fails_and_the_table_holds_the_other(world: World, spark,
+                                                                                 tmp_path: Path) -> None:
     """Run A (a subprocess) pauses before its commit; run B (this process) commits the same
-    partition meanwhile; A must then refuse to commit with ConcurrentWriteError.
-    Runs last: it leaves B's (shorter) histories in the lakehouse."""
+    partition meanwhile; A must then refuse to commit with ConcurrentWriteError."""
+    world = copy_of(world, spark, tmp_path)
     go = world.root / "go"
     uri = world.store.uri("user_histories")
     run_a = subprocess.Popen(lime_rank_argv(world, "extract-histories", "run-a", "--max-history", "3"), cwd=REPO,

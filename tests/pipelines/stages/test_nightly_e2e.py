@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -237,8 +238,21 @@ def test_audit_records_every_stage_with_drop_counts(world: dict) -> None:
     assert infer["users"] == infer["rows_written"] and infer["devices"] == ["cpu"]
 
 
+def restore_default_lists(world: dict, spark) -> None:
+    """Score ds again with the module's default settings: the other tests read those lists."""
+    score_topk(RunContext.open(spark, world["store"], DS, f"restore-{uuid.uuid4().hex[:8]}", str(world["ckpt"])),
+               world["scoring"])
+
+
 def test_per_user_candidate_lists_restrict_each_users_ranking(world: dict, spark) -> None:
-    """Runs last in this module: it replaces recommendations(ds) with list-restricted ones."""
+    """Replaces recommendations(ds) with list-restricted ones, and restores the default lists."""
+    try:
+        check_per_user_candidate_lists(world, spark)
+    finally:
+        restore_default_lists(world, spark)
+
+
+def check_per_user_candidate_lists(world: dict, spark) -> None:
     import pyarrow as pa
 
     from pipelines.tables.schemas import USER_CANDIDATES
@@ -287,6 +301,5 @@ def test_seen_items_are_kept_when_not_excluded(world: dict, spark) -> None:
         histories = DeltaTable(str(world["store"].uri("user_histories"))).to_pandas()
         seen = {(u, int(i)) for u, items in zip(histories.user_id, histories.item_ids, strict=True) for i in items}
         assert any((u, i) in seen for u, i in zip(model_rows.user_id, model_rows.item_id, strict=True))
-    finally:  # the other tests read the default lists
-        restore = RunContext.open(spark, world["store"], DS, "run-restore", str(world["ckpt"]))
-        score_topk(restore, world["scoring"])
+    finally:
+        restore_default_lists(world, spark)

@@ -132,3 +132,13 @@ def require_partition(ctx: RunContext, spec_name: str, stage_hint: str) -> int:
     if rows == 0:
         raise PartitionNotFoundError(spec_name, {"ds": ctx.ds}, hint=f"; run {stage_hint} for ds={ctx.ds} first")
     return rows
+
+
+def link_versions(ctx: RunContext, ds: str, links: DataFrame | None = None) -> list[str]:
+    """Sorted distinct model versions of user_links(ds): from the log's file statistics when they
+    show one value, else by a Spark scan (of ``links`` when the caller has read it already)."""
+    bounds = ctx.store.column_bounds(USER_LINKS, "model_version", {"ds": ds})
+    if bounds is not None and bounds[0] == bounds[1]:
+        return [str(bounds[0])]
+    frame = links if links is not None else ctx.store.read(USER_LINKS, partition={"ds": ds})
+    return sorted(r.model_version for r in frame.select("model_version").distinct().collect())

@@ -21,6 +21,7 @@ from pipelines.stages.context import (
     StageResult,
     already_done,
     finish,
+    link_versions,
     require_partition,
     timed,
 )
@@ -50,19 +51,11 @@ def infer_mode(ctx: RunContext, full: bool) -> RunMode:
         return RunMode.full(prev, f"user_links has no rows for the previous day {prev}")
     if ctx.store.partition_rows(USER_HISTORIES, {"ds": prev}) == 0:
         return RunMode.full(prev, f"user_histories has no rows for the previous day {prev}")
-    versions = _link_versions(ctx, prev)
+    versions = link_versions(ctx, prev)
     if versions != [ctx.model_version]:
         return RunMode.full(prev, f"user_links of {prev} holds model_version {versions}, this run "
                                   f"{ctx.model_version}")
     return RunMode(True, f"user_links of {prev} holds this model version's rows", prev)
-
-
-def _link_versions(ctx: RunContext, ds: str) -> list[str]:
-    bounds = ctx.store.column_bounds(USER_LINKS, "model_version", {"ds": ds})
-    if bounds is not None and bounds[0] == bounds[1]:
-        return [str(bounds[0])]
-    links = ctx.store.read(USER_LINKS, partition={"ds": ds})
-    return sorted(r.model_version for r in links.select("model_version").distinct().collect())
 
 
 def _kept_users(ctx: RunContext, histories: DataFrame, prev: str) -> np.ndarray:

@@ -22,6 +22,7 @@ from pipelines.stages.context import (
     StageResult,
     already_done,
     finish,
+    link_versions,
     require_partition,
     timed,
 )
@@ -82,15 +83,6 @@ def _largest_seen_set(ctx: RunContext, histories: DataFrame) -> int:
     return int(first_row(histories.agg(F.max("n_seen")), "max(n_seen) of user_histories")[0] or 0)
 
 
-def _link_versions(ctx: RunContext, links: DataFrame) -> list[str]:
-    """Sorted distinct model versions of user_links(ds) (read as ``links``): from the log's file
-    statistics when they show one value, else by a Spark scan."""
-    bounds = ctx.store.column_bounds(USER_LINKS, "model_version", {"ds": ctx.ds})
-    if bounds is not None and bounds[0] == bounds[1]:
-        return [bounds[0]]
-    return sorted(r.model_version for r in links.select("model_version").distinct().collect())
-
-
 @dataclass
 class _ScoringInputs:
     """What score_topk reads before it plans: the partitions, checked, and their sizes."""
@@ -120,7 +112,7 @@ def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
         raise PartitionNotFoundError("user_links", {"ds": ctx.ds},
                                      hint=f"; run infer-user-links for ds={ctx.ds} first")
     links = ctx.store.read(USER_LINKS, partition={"ds": ctx.ds})
-    versions = _link_versions(ctx, links)
+    versions = link_versions(ctx, ctx.ds, links)
     if versions and versions != [ctx.model_version]:
         raise ModelVersionMismatchError(
             f"table 'user_links' (ds={ctx.ds}) holds model_version {versions}, but the checkpoint "

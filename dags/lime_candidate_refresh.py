@@ -40,6 +40,7 @@ from lime_rank_common import (
     LimeRankSparkSubmitOperator,
     checkpoint_param,
     default_args,
+    inference_device_param,
     lakehouse_param,
 )
 
@@ -54,13 +55,14 @@ with DAG(
     dagrun_timeout=dt.timedelta(hours=4),
     default_args=default_args(),
     tags=[*TAGS, "candidates"],
-    params={"lakehouse": lakehouse_param(), "checkpoint": checkpoint_param()},
+    params={"lakehouse": lakehouse_param(), "checkpoint": checkpoint_param(),
+            "inference_device": inference_device_param()},
 ) as dag:
     precompute_candidates = LimeRankSparkSubmitOperator(
         task_id="precompute_candidates", job="precompute_candidates",
         application_args=[
             "--lakehouse", "{{ params.lakehouse }}", "--ds", RUN_DATE, "--run-id", RUN_ID,
-            "--checkpoint", "{{ params.checkpoint }}",
+            "--checkpoint", "{{ params.checkpoint }}", "--inference-device", "{{ params.inference_device }}",
         ],
         outlets=[CANDIDATE_LINK_WEIGHTS],
     )

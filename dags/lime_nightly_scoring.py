@@ -53,6 +53,7 @@ from lime_rank_common import (
     LimeRankSparkSubmitOperator,
     checkpoint_param,
     default_args,
+    inference_device_param,
     lakehouse_param,
 )
 
@@ -72,6 +73,7 @@ with DAG(
     params={
         "lakehouse": lakehouse_param(),
         "checkpoint": checkpoint_param(),
+        "inference_device": inference_device_param(),
         "top_k": Param(10, type="integer", minimum=1, maximum=1000, title="top_k",
                        description="recommendations per user (K)"),
         "max_history": Param(200, type="integer", minimum=1, maximum=100_000, title="max_history",
@@ -103,13 +105,14 @@ with DAG(
         task_id="extract_histories", job="extract_histories",
         application_args=[*partition, *checkpoint, "--max-history", "{{ params.max_history }}", full_run],
     )
+    device = ["--inference-device", "{{ params.inference_device }}"]
     precompute_candidates = LimeRankSparkSubmitOperator(
         task_id="precompute_candidates", job="precompute_candidates",
-        application_args=[*partition, *checkpoint],
+        application_args=[*partition, *checkpoint, *device],
     )
     infer_user_links = LimeRankSparkSubmitOperator(
         task_id="infer_user_links", job="infer_user_links",
-        application_args=[*partition, *checkpoint, full_run],
+        application_args=[*partition, *checkpoint, *device, full_run],
     )
     score_topk = LimeRankSparkSubmitOperator(
         task_id="score_topk", job="score_topk",

@@ -14,9 +14,21 @@ variable                        meaning                                      def
 ``LIME_RANK_SPARK_CONN_ID``     Airflow connection giving the Spark master   ``spark_default``
 ``LIME_RANK_DAG_RETRIES``       retries of every task (0 for local/CI runs)  ``2``
 ``LIME_RANK_DAG_RETRY_DELAY_S`` seconds between retries                      ``300``
-``LIME_RANK_PYTHON``            interpreter of the Spark driver and workers  this interpreter
+``LIME_RANK_PYTHON``            interpreter of the Spark driver (and of the  this interpreter
+                                executors when no archive is given)
+``LIME_RANK_ENV_ARCHIVE``       packed executor environment                  none: executors run
+                                (``lime-rank pack-env``), path or URI every  ``LIME_RANK_PYTHON``
+                                node can read; shipped with ``spark.archives``
+``LIME_RANK_INFERENCE_DEVICE``  default of the ``inference_device`` Param    ``auto``
 ``LIME_RANK_SPARK_CONF``        JSON object of extra ``--conf`` for every job ``{}``
 =============================== ============================================ ==========================
+
+With ``LIME_RANK_ENV_ARCHIVE`` set, every job gets ``spark.archives=<archive>#environment``
+and ``spark.pyspark.python=./environment/bin/python`` (the executors unpack the archive
+in their working directory and run its interpreter) while the driver, which spark-submit
+starts on the Airflow worker, keeps ``LIME_RANK_PYTHON``.  Without it the executors are
+handed the Airflow host's interpreter path, which exists only where every node shares
+that installation (one machine, or an image that is the same everywhere).
 
 When the Spark connection is not defined anywhere (environment, secrets backend,
 metadata DB), tasks run on ``local[*]`` and say so in their log.
@@ -78,6 +90,9 @@ LAKEHOUSE = _env_path("LIME_RANK_LAKEHOUSE", DEFAULT_LAKEHOUSE)
 CHECKPOINT = _env_path("LIME_RANK_CHECKPOINT", DEFAULT_CHECKPOINT)
 SPARK_CONN_ID = os.environ.get("LIME_RANK_SPARK_CONN_ID", "").strip() or "spark_default"
 PYTHON = os.environ.get("LIME_RANK_PYTHON", "").strip() or sys.executable
+ENV_ARCHIVE = os.environ.get("LIME_RANK_ENV_ARCHIVE", "").strip()
+ARCHIVE_PYTHON = "./environment/bin/python"  # where the executors find the unpacked archive's interpreter
+INFERENCE_DEVICES = ["auto", "cpu", "cuda"]
 
 
 def _env_spark_conf() -> dict[str, str]:
@@ -93,8 +108,30 @@ def _env_spark_conf() -> dict[str, str]:
     return {str(k): str(v) for k, v in conf.items()}
 
 
+def _archive_conf() -> dict[str, str]:
+    """The spark-submit settings that ship ``$LIME_RANK_ENV_ARCHIVE`` to the executors (none without it)."""
+    if not ENV_ARCHIVE:
+        return {}
+    if not ENV_ARCHIVE.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+        raise ValueError(f"$LIME_RANK_ENV_ARCHIVE must be a .tar.gz, .tgz, .tar or .zip archive, got {ENV_ARCHIVE!r}")
+    archive = ENV_ARCHIVE if "://" in ENV_ARCHIVE else os.path.abspath(os.path.expanduser(ENV_ARCHIVE))
+    return {
+        "spark.archives": f"{archive}#environment",
+        "spark.pyspark.python": ARCHIVE_PYTHON,
+        "spark.pyspark.driver.python": PYTHON,
+    }
+
+
+def _env_choice(name: str, default: str, choices: Sequence[str]) -> str:
+    value = os.environ.get(name, "").strip() or default
+    if value not in choices:
+        raise ValueError(f"${name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+INFERENCE_DEVICE = _env_choice("LIME_RANK_INFERENCE_DEVICE", "auto", INFERENCE_DEVICES)
 # Spark's own INFO lines would drown the job's log in the task log (the jobs log at INFO).
-SPARK_CONF = {"spark.log.level": "WARN", **_env_spark_conf()}
+SPARK_CONF = {"spark.log.level": "WARN", **_archive_conf(), **_env_spark_conf()}
 
 
 def default_args() -> dict[str, Any]:
@@ -110,13 +147,13 @@ def default_args() -> dict[str, Any]:
 
 
 def spark_env() -> dict[str, str]:
-    """Environment of spark-submit: the venv's spark-submit first on PATH, its Python everywhere."""
+    """Environment of spark-submit: the venv's spark-submit first on PATH, its Python for the driver,
+    and for the executors too unless an archive ships theirs (then ``spark.pyspark.python`` says)."""
     bin_dir = os.path.dirname(PYTHON)
-    return {
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)]),
-        "PYSPARK_PYTHON": PYTHON,
-        "PYSPARK_DRIVER_PYTHON": PYTHON,
-    }
+    env = {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)]), "PYSPARK_DRIVER_PYTHON": PYTHON}
+    if not ENV_ARCHIVE:
+        env["PYSPARK_PYTHON"] = PYTHON
+    return env
 
 
 def job_path(job: str) -> str:
@@ -148,6 +185,12 @@ RECOMMENDATIONS = table_asset("recommendations")
 def lakehouse_param() -> Param:
     return Param(LAKEHOUSE, type="string", minLength=1, title="lakehouse",
                  description="root folder (or URI) of the lakehouse tables")
+
+
+def inference_device_param() -> Param:
+    return Param(INFERENCE_DEVICE, type="string", enum=INFERENCE_DEVICES, title="inference_device",
+                 description="auto: the GPU Spark assigned to the task, else CPU; cpu: always CPU (e.g. under "
+                             "fake GPU addresses); cuda: fail unless a GPU is there")
 
 
 def checkpoint_param() -> Param:

@@ -14,6 +14,13 @@ product, and only when the environment variable names them:
     with ``once`` the fault fires only for the attempt that creates the marker file
     (a resubmitted stage starts its attempt numbers at 0 again).  Refused under a
     ``local[N]`` master, where the worker's JVM is the driver.
+``kill-worker:stage=<stage>[:partition=<p>][:attempt=<a>][:once=<marker file>]``
+    The same point and parameters as ``kill-executor``; SIGKILL the standalone Worker
+    daemon above the executor as well (the nearest parent running
+    ``org.apache.spark.deploy.worker.Worker``), as when a node dies.  The master loses
+    the worker, the driver its executor, and the task is re-run on another node.  A
+    marker file created beforehand disarms a ``once`` fault (the cluster test arms it for
+    one DAG run by deleting the marker).
 ``crash-before-commit:table=<table>``
     On the driver, right before the Delta commit of ``<table>`` (its data files are
     written): ``os._exit(137)``, as if the driver were OOM-killed.
@@ -42,11 +49,14 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "LIME_RANK_FAULT"
 KINDS: dict[str, tuple[set[str], set[str]]] = {  # kind -> (required keys, optional keys)
     "kill-executor": ({"stage"}, {"partition", "attempt", "once"}),
+    "kill-worker": ({"stage"}, {"partition", "attempt", "once"}),
     "crash-before-commit": ({"table"}, set()),
     "pause-before-commit": ({"table", "until"}, {"timeout"}),
 }
 CRASH_EXIT_CODE = 137  # what a SIGKILLed process reports (128 + 9)
 _EXECUTOR_MAIN = "CoarseGrainedExecutorBackend"
+_WORKER_MAIN = "org.apache.spark.deploy.worker.Worker"
+TASK_FAULTS = ("kill-executor", "kill-worker")
 
 
 @dataclass(frozen=True)
@@ -105,23 +115,41 @@ def _proc_parent_and_cmdline(pid: int) -> tuple[int, str]:
     return ppid, cmdline
 
 
-def executor_jvm_pid(start: int | None = None) -> int:
-    """The pid of the executor JVM above this process (Linux ``/proc``)."""
+def _ancestor_running(main_class: str, start: int | None = None) -> int | None:
     pid = os.getpid() if start is None else start
     while pid > 1:
         ppid, cmdline = _proc_parent_and_cmdline(pid)
-        if _EXECUTOR_MAIN in cmdline:
+        if main_class in cmdline:
             return pid
         pid = ppid
-    raise FaultInjectionError(
-        "kill-executor: no CoarseGrainedExecutorBackend process above this Python worker "
-        "(under local[N] the worker's JVM is the driver; use a local-cluster[...] or cluster master)"
-    )
+    return None
+
+
+def executor_jvm_pid(start: int | None = None) -> int:
+    """The pid of the executor JVM above this process (Linux ``/proc``)."""
+    pid = _ancestor_running(_EXECUTOR_MAIN, start)
+    if pid is None:
+        raise FaultInjectionError(
+            "kill-executor: no CoarseGrainedExecutorBackend process above this Python worker "
+            "(under local[N] the worker's JVM is the driver; use a local-cluster[...] or cluster master)"
+        )
+    return pid
+
+
+def worker_jvm_pid(start: int | None = None) -> int:
+    """The pid of the standalone Worker daemon above this process."""
+    pid = _ancestor_running(_WORKER_MAIN, start)
+    if pid is None:
+        raise FaultInjectionError(
+            "kill-worker: no org.apache.spark.deploy.worker.Worker process above this Python worker "
+            "(only a standalone cluster's executors run under a Worker daemon)"
+        )
+    return pid
 
 
 def task_point(stage: str) -> None:
     """Called by Spark tasks of ``stage`` (inside the Python worker) between output batches."""
-    faults = [f for f in active_faults() if f.kind == "kill-executor" and f.params["stage"] == stage]
+    faults = [f for f in active_faults() if f.kind in TASK_FAULTS and f.params["stage"] == stage]
     if not faults:
         return
     from pyspark import TaskContext
@@ -136,12 +164,15 @@ def task_point(stage: str) -> None:
         marker = fault.params.get("once")
         if marker is not None and not _claim(marker):
             continue
-        jvm = executor_jvm_pid()
-        log.warning("fault injected: SIGKILL executor JVM %d during %s partition %d attempt %d",
-                    jvm, stage, ctx.partitionId(), ctx.attemptNumber())
+        victims = [executor_jvm_pid()]
+        if fault.kind == "kill-worker":
+            victims.insert(0, worker_jvm_pid(victims[0]))
+        log.warning("fault injected: %s: SIGKILL %s during %s partition %d attempt %d", fault.kind, victims,
+                    stage, ctx.partitionId(), ctx.attemptNumber())
         for handler in logging.getLogger().handlers:
             handler.flush()
-        os.kill(jvm, signal.SIGKILL)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
         os._exit(CRASH_EXIT_CODE)  # the worker goes down with its executor, leaving no process behind
 
 

@@ -9,7 +9,8 @@
   through the JVM.
 
 Every task reports one :class:`TaskRecord` (GPU addresses, device, users, tokens,
-seconds) through an accumulator; the job keeps them in its audit record.
+seconds, and where it ran: pid, interpreter, working directory) through an accumulator;
+the job keeps them in its audit record.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class TaskRecord:
     seconds: float
     pid: int
     model_loads_in_worker: int
+    python: str  # the interpreter of the Python worker (e.g. an unpacked spark.archives environment)
+    workdir: str  # the executor's working directory (standalone: <worker dir>/<app id>/<executor id>)
 
 
 class TaskRecords(AccumulatorParam[list[TaskRecord]]):
@@ -109,6 +112,7 @@ def inference_task(cfg: InferenceConfig, ds: str, records: Accumulator[list[Task
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import os
+        import sys
 
         from pyspark import TaskContext
 
@@ -141,7 +145,7 @@ def inference_task(cfg: InferenceConfig, ds: str, records: Accumulator[list[Task
             partition=ctx.partitionId() if ctx else -1, attempt=ctx.attemptNumber() if ctx else 0,
             gpus=tuple(gpus), device=str(device), users=users, tokens=tokens,
             seconds=round(time.perf_counter() - t0, 4), pid=os.getpid(),
-            model_loads_in_worker=model_runtime.loads_in_this_worker,
+            model_loads_in_worker=model_runtime.loads_in_this_worker, python=sys.executable, workdir=os.getcwd(),
         )
         records.add([record])
 

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ConcurrentWriteError",
     "ConfigError",
+    "DeploymentError",
     "EmptyCatalogueError",
     "ErrorWithFields",
     "FaultInjectionError",
@@ -54,6 +55,11 @@ class ConfigError(LimeRankError, ValueError):
 
 class SparkConfigError(ConfigError):
     """The Spark settings cannot work (e.g. GPU resources under a local[N] master)."""
+
+
+class DeploymentError(LimeRankError):
+    """A local deployment (standalone cluster, Airflow services) did not come up or did not
+    reach the expected state; the message names the daemon or run and where its log is."""
 
 
 class TableError(LimeRankError):

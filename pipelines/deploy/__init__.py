@@ -1,0 +1,1 @@
+"""Deployment tools: pack the executors' environment; a local standalone cluster and Airflow services."""

@@ -35,6 +35,8 @@ from pipelines.errors import PackEnvError
 REPO = Path(__file__).resolve().parents[2]
 PY = f"python{sys.version_info.major}.{sys.version_info.minor}"
 SITE = f"lib/{PY}/site-packages"
+# the tests that pack the interpreter's own venv (the dev venv: make setup)
+in_a_venv = pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="the tests do not run from a venv")
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # + HOME; no PYTHONPATH, no VIRTUAL_ENV
 
 # what the probe imports in the unpacked environment; it prints each module's file (None: not importable)
@@ -100,6 +102,7 @@ def assert_nothing_written(out: Path) -> None:
     assert not out.with_name(out.name + ".partial").exists()
 
 
+@in_a_venv
 def test_the_closure_of_the_dev_venv() -> None:
     site = venv_site_packages(Path(sys.prefix))
     found = {dist.metadata["Name"].lower() for dist in runtime_distributions(site)}
@@ -257,6 +260,7 @@ def spark_python_path() -> str:
 
 
 @pytest.mark.slow
+@in_a_venv
 def test_the_packed_dev_venv_imports_everything_from_the_archive(tmp_path: Path) -> None:
     """The dev venv, packed and unpacked here: torch, the model and the task code load from the unpacked
     folder, with neither the checkout nor the venv on the path; pyspark comes only as Spark gives it."""
@@ -288,6 +292,7 @@ def test_the_packed_dev_venv_imports_everything_from_the_archive(tmp_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.spark
+@in_a_venv
 def test_spark_ships_the_archive_to_an_executor_that_runs_python_from_it(tmp_path: Path) -> None:
     """spark.archives + spark.pyspark.python on a local-cluster: the executor, a separate JVM with its own
     working folder and no PYTHONPATH of ours, runs its Python worker from the unpacked archive."""

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("jobs.run_nightly", "run the four nightly jobs in order, without Airflow"),
     "vacuum": ("jobs.vacuum", "list (default) or delete data files no table version references"),
     "rollback": ("jobs.rollback", "make one ds partition hold what it held at an earlier table version"),
+    "pack-env": ("jobs.pack_env", "pack the executors' Python environment into one archive for spark.archives"),
     "cluster-demo": ("jobs.cluster_demo", "the DAGs under an Airflow scheduler on a local Spark standalone cluster"),
 }
 

@@ -35,6 +35,7 @@ __all__ = [
     "NoRowReturnedError",
     "NonFiniteValueError",
     "NullValueError",
+    "PackEnvError",
     "PartitionNotFoundError",
     "PartitionOutsideOverwriteError",
     "QualityGateError",
@@ -207,6 +208,11 @@ class GpuUnavailableError(LimeRankError):
 
 class QualityGateError(LimeRankError):
     """The published output failed a data-quality check; nothing was published."""
+
+
+class PackEnvError(LimeRankError):
+    """The executors' environment cannot be packed (``lime-rank pack-env``): not a venv, another Python,
+    an archive format Spark cannot unpack, an existing archive, a distribution without its file list."""
 
 
 class FaultSpecError(ConfigError):

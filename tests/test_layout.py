@@ -21,6 +21,7 @@ ALLOWED = {
     "pipelines.tables": {"pipelines.errors", "pipelines.faults"},
     "pipelines.runtime": {"pipelines.errors", "pipelines.faults", "pipelines.tables"},
     "pipelines.tools": {"pipelines.errors", "pipelines.faults", "pipelines.tables"},
+    "pipelines.deploy": {"pipelines.errors"},
     "pipelines.stages": {"pipelines.errors", "pipelines.faults", "pipelines.tables", "pipelines.runtime",
                          "pipelines.tools"},
 }

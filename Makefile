@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test test-fast demo bench quality lint clean
+.PHONY: setup test test-fast demo cluster-demo bench quality lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test-fast: setup
 
 demo: setup
 	bash scripts/demo.sh
+
+# The DAGs under a running Airflow scheduler (api-server, scheduler, dag-processor) against a Spark
+# standalone master and two workers with fake GPUs, all on 127.0.0.1; writes demo/cluster/summary.json
+# and stops everything it started (docs/deploy.md).
+cluster-demo: setup
+	$(VENV)/bin/lime-rank cluster-demo --out demo/cluster
 
 bench: setup
 	$(PY) benchmarks/model_scaling.py --threads 1 --rounds 15

@@ -8,10 +8,11 @@ pipelines and jobs.  Ship it with spark-submit (or a lime-rank command's --spark
     --conf spark.pyspark.python=./environment/bin/python
 
 Every worker needs the venv's base Python at the same path (the archive links to it; see
-lime_rank_env.json in the archive).  Use .tar.gz for spark.archives: Spark cannot run Python from a
-.tar it unpacks (symlinks refused, executable bits dropped); a .tar is for unpacking yourself.
+lime_rank_env.json in the archive).  Use .tar.gz (smallest to ship) or .zip (stored: cheapest for
+Spark to unpack) for spark.archives: Spark cannot run Python from a .tar it unpacks (symlinks
+refused, executable bits dropped); a .tar is for unpacking yourself.
 
-    lime-rank pack-env --out PATH.tar.gz [--prefix VENV] [--force] [--compress-level 1]
+    lime-rank pack-env --out PATH.tar.gz|PATH.zip [--prefix VENV] [--force] [--compress-level 1]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lime-rank pack-env", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True,
-                        help="archive to write: .tar.gz or .tgz (for spark.archives), or .tar (uncompressed)")
+                        help="archive to write: .tar.gz, .tgz or .zip (for spark.archives), or .tar (uncompressed)")
     parser.add_argument("--prefix", default=sys.prefix,
                         help="the venv to pack (default: this interpreter's, %(default)s); same Python version")
     parser.add_argument("--force", action="store_true", help="replace an existing archive")
@@ -38,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: list[str] | None) -> int:
     from pathlib import Path
 
-    from pipelines.deploy.pack_env import archive_compression, pack_environment, spark_settings
+    from pipelines.deploy.pack_env import SPARK_FORMATS, archive_compression, pack_environment, spark_settings
 
     args = build_parser().parse_args(argv)
     result = pack_environment(Path(args.out), prefix=Path(args.prefix), force=args.force,
                               compress_level=args.compress_level)
     print(f"packed {len(result.distributions)} distributions and the project into {result.path}")
     print(f"  {result.bytes / 1e6:.0f} MB, {result.files} files, {result.seconds:.1f} s")
-    if archive_compression(result.path) == "gzip":
+    if archive_compression(result.path) in SPARK_FORMATS:
         print("spark-submit settings (lime-rank commands: --spark-conf KEY=VALUE):")
         for key, value in spark_settings(result.path).items():
             print(f"  --conf {key}={value}")

@@ -21,7 +21,7 @@ ALLOWED = {
     "pipelines.tables": {"pipelines.errors", "pipelines.faults"},
     "pipelines.runtime": {"pipelines.errors", "pipelines.faults", "pipelines.tables"},
     "pipelines.tools": {"pipelines.errors", "pipelines.faults", "pipelines.tables"},
-    "pipelines.deploy": {"pipelines.errors"},
+    "pipelines.deploy": {"pipelines.errors", "pipelines.tables"},  # reads run_audit for the demo summary
     "pipelines.stages": {"pipelines.errors", "pipelines.faults", "pipelines.tables", "pipelines.runtime",
                          "pipelines.tools"},
 }

@@ -57,7 +57,10 @@ class LocalAirflow:
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API__BASE_URL": self.base_url,
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            # the DAG files do not change while the deployment runs: parse them once, in one process
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "600",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             **self.extra_env,
         }

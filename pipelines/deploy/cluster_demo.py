@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,13 +94,19 @@ def prepare_world(cfg: DemoConfig, ds: dt.date) -> DemoState:
 
     lakehouse = cfg.out / "lakehouse"
     start = ds - dt.timedelta(days=cfg.days - 1)
-    if cli(["generate", "--lakehouse", str(lakehouse), "--users", str(cfg.users), "--items", str(cfg.items),
-            "--days", str(cfg.days), "--start", start.isoformat()]) != 0:
-        raise DeploymentError(f"lime-rank generate failed for {lakehouse}")
+    # a child process: its local Spark session ends with it instead of idling beside the cluster
+    generate = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "generate", "--lakehouse", str(lakehouse), "--users", str(cfg.users),
+         "--items", str(cfg.items), "--days", str(cfg.days), "--start", start.isoformat()],
+        cwd=REPO, env={**own_environment(), "SPARK_LOCAL_IP": "127.0.0.1"}, capture_output=True, text=True,
+        timeout=900, check=False)
+    if generate.returncode != 0:
+        raise DeploymentError(f"lime-rank generate failed for {lakehouse}:\n{generate.stderr[-3000:]}")
     items = DeltaTable(str(lakehouse / "items")).to_pyarrow_table().column("item_id").to_numpy()
     checkpoint = cfg.out / "lime-xor.pt"
     random_checkpoint(checkpoint, np.sort(items), d_model=16, n_heads=2, n_links=4, n_layers=1, max_history=50)
-    archive = cfg.archive or cfg.out / "lime-rank-env.tar"
+    # stored zip: the cheapest for every driver and executor of every application to unpack
+    archive = cfg.archive or cfg.out / "lime-rank-env.zip"
     if cfg.archive is None:
         if cli(["pack-env", "--out", str(archive), "--force"]) != 0:
             raise DeploymentError(f"lime-rank pack-env failed for {archive}")
@@ -153,7 +161,6 @@ def run_cluster_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.out.exists():
         shutil.rmtree(cfg.out)
     cfg.out.mkdir(parents=True)
-    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # this process's own Spark (generating the data) too
     daemons = Daemons(cfg.out / "logs")
     scratch: Path | None = None
     with signals_raise():

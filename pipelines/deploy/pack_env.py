@@ -14,7 +14,10 @@ Use ``.tar.gz`` (or ``.tgz``) for ``spark.archives``: Spark 4.2 unpacks those wi
 which keeps symlinks and modes.  A ``.tar`` it unpacks with Hadoop's Java untar, which refuses a
 symlink leading out of the folder (``bin/python3``) and drops executable bits, so no interpreter
 could run from it (both tried on ``local-cluster``); a ``.tar`` is for unpacking yourself
-(``tar -xf`` on each host, ``spark.pyspark.python`` = the unpacked ``bin/python``).
+(``tar -xf`` on each host, ``spark.pyspark.python`` = the unpacked ``bin/python``).  A ``.zip``
+(stored, uncompressed) Spark unpacks with Java too, keeping the modes: it holds copies of the
+interpreter instead of links, and is the cheapest to unpack (a byte copy, no gunzip), which
+matters because the driver and every executor of every application unpack it again.
 
 The archive, relative to its root (``./environment/`` on an executor)::
 
@@ -56,6 +59,7 @@ import sys
 import sysconfig
 import tarfile
 import time
+import zipfile
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -72,13 +76,15 @@ EXCLUDED_DISTRIBUTIONS = ("apache-airflow", "apache-airflow-providers-apache-spa
 PROJECT_DISTRIBUTION = "lime-rank"
 PROJECT_PACKAGES = ("lime_model", "pipelines", "jobs")
 MANIFEST_NAME = "lime_rank_env.json"
+SKIPPED_FOLDERS = {"tests", "include"}
 ARCHIVE_ALIAS = "environment"  # the ``#environment`` of spark.archives: the folder Spark unpacks into
 EXECUTOR_PYTHON = f"./{ARCHIVE_ALIAS}/bin/python"
 
-# suffix -> compression (a .zip would lose the symlinks; .tar: see the module's docstring).  gzip level 1
+# suffix -> compression (.tar: see the module's docstring; .zip: stored, the interpreter copied).  gzip level 1
 # by default: on torch's libtorch_cpu.so (434 MB, 2-core machine) level 1 took 3.8 s for 131 MB, level 6
 # 12.8 s and level 9 32.3 s for 114 MB: 3-8x the time for 13% less.
-ARCHIVE_FORMATS = {".tar.gz": "gzip", ".tgz": "gzip", ".tar": "none"}
+ARCHIVE_FORMATS = {".tar.gz": "gzip", ".tgz": "gzip", ".tar": "none", ".zip": "zip"}
+SPARK_FORMATS = ("gzip", "zip")  # what Spark can unpack into a runnable environment
 # tarfile copies files 16 KiB at a time by default; 1 MiB packed the 1.5 GB .tar in 4.8-7.8 s, not 6-12 s
 COPY_BUFFER = 1 << 20
 
@@ -180,6 +186,8 @@ def _dist_members(dist: metadata.Distribution, site_packages: Path, arc_site: st
         if not path.is_relative_to(site_packages):
             continue
         relative = path.relative_to(site_packages)
+        if left_out(relative):
+            continue
         if relative.parts[0] in PROJECT_PACKAGES:
             raise PackEnvError(f"{label} installs {relative}, which would mix with the project's own package")
         if not os.path.lexists(path):
@@ -188,6 +196,14 @@ def _dist_members(dist: metadata.Distribution, site_packages: Path, arc_site: st
             raise PackEnvError(f"{label}: {path}, listed in its RECORD, does not exist")
         members.append((path, f"{arc_site}/{relative.as_posix()}"))
     return members
+
+
+def left_out(relative: Path) -> bool:
+    """Files no executor needs: test suites (``tests/`` folders) and C headers (``include/`` folders,
+    for building extensions or torch.compile's C++ backend, neither of which the pipeline uses).  About
+    half of the files (torch's headers alone are 9,400): every driver and executor unpacks the archive
+    again for each application, so the count matters."""
+    return bool(SKIPPED_FOLDERS & set(relative.parts[:-1]))
 
 
 def _is_editable(dist: metadata.Distribution) -> bool:
@@ -257,7 +273,7 @@ def archive_compression(out: Path) -> str:
     for suffix, compression in ARCHIVE_FORMATS.items():
         if out.name.endswith(suffix):
             return compression
-    raise PackEnvError(f"{out}: the archive name must end in .tar.gz or .tgz (for spark.archives), or .tar")
+    raise PackEnvError(f"{out}: the archive name must end in .tar.gz, .tgz or .zip (for spark.archives), or .tar")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -282,6 +298,10 @@ def _write_archive(out: Path, compression: str, compress_level: int, members: Se
     file is removed, and ``out`` is either untouched or the complete archive."""
     partial = out.with_name(out.name + ".partial")
     try:
+        if compression == "zip":
+            _write_zip(partial, members, manifest)
+            os.replace(partial, out)
+            return
         with (partial.open("wb") as raw, _compressor(raw, out, compression, compress_level) as stream,
               tarfile.TarFile(out, "w", fileobj=stream, copybufsize=COPY_BUFFER) as tar):
             folders: set[str] = set()
@@ -295,6 +315,16 @@ def _write_archive(out: Path, compression: str, compress_level: int, members: Se
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def _write_zip(partial: Path, members: Sequence[Member], manifest: bytes) -> None:
+    """A stored (uncompressed) zip: Spark unpacks it with Java, copying bytes only, and keeps the unix
+    modes; a zip holds no symlinks, so ``bin/python*`` become copies of the interpreter they point to
+    (the layout of ``python -m venv --copies``: the copy finds ``pyvenv.cfg`` one folder up)."""
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for path, arcname in members:
+            archive.write(path, arcname)  # follows links: the file's bytes and mode
+        archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, time.gmtime()[:6]), manifest)
 
 
 def _add_folders(tar: tarfile.TarFile, arcname: str, listed: set[str]) -> None:
@@ -331,9 +361,10 @@ def _unique(members: Iterable[Member]) -> list[Member]:
 def pack_environment(out: Path, *, prefix: Path = Path(sys.prefix), force: bool = False,
                      compress_level: int = 1) -> PackResult:
     """Pack the venv at ``prefix`` (its runtime distributions, see :func:`runtime_distributions`) and the
-    project packages of this source tree into ``out`` (``.tar.gz``/``.tgz``: gzip at ``compress_level``;
-    ``.tar``: uncompressed, the fastest to unpack).  Refuses an existing ``out`` unless ``force``; nothing
-    is left at ``out`` (nor ``out.partial``) when it fails."""
+    project packages of this source tree into ``out`` (``.tar.gz``/``.tgz``: gzip at ``compress_level``,
+    the smallest to ship; ``.zip``: stored, the cheapest for Spark to unpack; ``.tar``: for ``tar -xf``).
+    Refuses an existing ``out`` unless ``force``; nothing is left at ``out`` (nor ``out.partial``) when
+    it fails."""
     start = time.perf_counter()
     out, prefix = out.absolute(), prefix.absolute()
     compression = archive_compression(out)
@@ -357,9 +388,9 @@ def pack_environment(out: Path, *, prefix: Path = Path(sys.prefix), force: bool 
 
 
 def spark_settings(archive: Path) -> dict[str, str]:
-    """The Spark settings that make executors run their Python workers from ``archive`` (a ``.tar.gz``
-    or ``.tgz``; Spark cannot use a ``.tar``: see the module's docstring)."""
-    if archive_compression(archive) != "gzip":
+    """The Spark settings that make executors run their Python workers from ``archive`` (a ``.tar.gz``,
+    ``.tgz`` or ``.zip``; Spark cannot use a ``.tar``: see the module's docstring)."""
+    if archive_compression(archive) not in SPARK_FORMATS:
         raise PackEnvError(f"{archive}: Spark unpacks a .tar of spark.archives with a Java untar that refuses "
-                           f"the python symlinks and drops executable bits; pack a .tar.gz for spark.archives")
+                           f"the python symlinks and drops executable bits; pack a .tar.gz or .zip for spark.archives")
     return {"spark.archives": f"{archive.absolute()}#{ARCHIVE_ALIAS}", "spark.pyspark.python": EXECUTOR_PYTHON}

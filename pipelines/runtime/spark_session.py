@@ -85,6 +85,9 @@ class SparkSettings:
             raise SparkConfigError(f"shuffle_partitions must be >= 1, got {self.shuffle_partitions}")
 
 
+JAVA_OPTION_KEYS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
+
+
 def launched_by_spark_submit() -> bool:
     """True inside a driver started by ``spark-submit`` (the JVM gateway already exists)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -160,6 +163,8 @@ def build_spark_session(settings: SparkSettings | None = None) -> SparkSession:
         # PySpark reads the workers' interpreter from the environment, not from the conf.
         os.environ.setdefault("PYSPARK_PYTHON", conf["spark.pyspark.python"])
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if launched_by_spark_submit():
+        conf = keep_submitted_java_options(conf)
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -174,6 +179,21 @@ def build_spark_session(settings: SparkSettings | None = None) -> SparkSession:
     spark.sparkContext.setLogLevel(os.environ.get("LIME_RANK_SPARK_LOG_LEVEL", "WARN"))
     log.info("Spark %s session, master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def keep_submitted_java_options(conf: dict[str, str]) -> dict[str, str]:
+    """Our JVM options after those given to spark-submit, not instead of them: a deployment's
+    ``--conf spark.executor.extraJavaOptions=...`` (GC, heap dumps, JIT) must reach the executors."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the gateway spark-submit started: SparkConf() then reads its --conf
+    submitted = SparkConf()
+    merged = dict(conf)
+    for key in JAVA_OPTION_KEYS:
+        given = submitted.get(key)
+        if given and key in merged and merged[key] not in given:
+            merged[key] = f"{given} {merged[key]}"
+    return merged
 
 
 def session_master(spark: SparkSession) -> str:

@@ -69,6 +69,13 @@ def test_executors_ran_on_both_workers_with_their_gpu_and_the_archive_python(dem
         assert python.parent.parent.parent.name == e["id"]
 
 
+def test_executors_got_the_submitted_jvm_options_and_the_jobs_own(demo: Demo) -> None:
+    launches = [line for log in (demo.out / "logs").glob("spark-worker-*.log")
+                for line in log.read_text().splitlines() if "Launch command:" in line]
+    assert launches
+    assert all("-XX:TieredStopAtLevel=1" in line and "-Duser.timezone=UTC" in line for line in launches)
+
+
 def test_the_scheduler_ran_the_nightly_run_the_asset_triggered_refresh_and_the_backfill(demo: Demo) -> None:
     nightly = _runs(demo, NIGHTLY, "scheduled")
     refresh = _runs(demo, REFRESH, "asset_triggered")

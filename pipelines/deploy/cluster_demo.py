@@ -65,6 +65,7 @@ class DemoConfig:
     days: int = 10
     archive: Path | None = None  # a packed environment to reuse; default: pack one into <out>
     kill_worker_in_backfill: bool = False
+    backfill_conf: dict[str, Any] = field(default_factory=dict)  # the backfill runs' Params
     run_timeout_s: float = 900
 
 
@@ -229,7 +230,7 @@ def run_backfill(state: DemoState, cluster: StandaloneCluster, airflow: af.Local
         fault_marker(state).unlink()  # armed: the first inference task of the backfill kills its worker
     airflow.api("/api/v2/backfills", "POST", {
         "dag_id": NIGHTLY, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T23:59:59Z",
-        "max_active_runs": 1, "reprocess_behavior": "none", "dag_run_conf": {}})
+        "max_active_runs": 1, "reprocess_behavior": "none", "dag_run_conf": dict(state.cfg.backfill_conf)})
     daemons_but_workers = Daemons(daemons.log_dir, [d for d in daemons.started
                                                     if not d.name.startswith("spark-worker-")])
 

@@ -248,3 +248,37 @@ def test_operator_drops_empty_args_and_tags_its_asset_events_with_the_partition(
     task.execute({"outlet_events": events})
     assert submitted == [["--lakehouse", "/lake", "--ds", "2024-01-05", "--run-id", "r1", "--top-k", "10"]]
     assert [e.extra for e in events.values()] == [{"ds": "2024-01-05", "lakehouse": "/lake"}]
+
+
+def test_a_packed_environment_goes_to_the_executors_while_the_driver_keeps_its_python(dagbag_with_env: Any) -> None:
+    bag = dagbag_with_env(LIME_RANK_ENV_ARCHIVE="/shared/lime-rank-env.zip")
+    assert bag.import_errors == {}
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            assert task.conf["spark.archives"] == "/shared/lime-rank-env.zip#environment"
+            assert task.conf["spark.pyspark.python"] == "./environment/bin/python"
+            assert task.conf["spark.pyspark.driver.python"] == sys.executable
+            # an environment variable would win over spark.pyspark.python on the executors
+            assert "PYSPARK_PYTHON" not in task.env_vars
+            assert task.env_vars["PYSPARK_DRIVER_PYTHON"] == sys.executable
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("LIME_RANK_ENV_ARCHIVE", "/shared/env.rar", "$LIME_RANK_ENV_ARCHIVE must be a .tar.gz, .tgz, .tar or .zip"),
+    ("LIME_RANK_INFERENCE_DEVICE", "tpu", "$LIME_RANK_INFERENCE_DEVICE must be one of ['auto', 'cpu', 'cuda']"),
+])
+def test_a_bad_deployment_setting_is_an_import_error_naming_it(dagbag_with_env: Any, name: str, value: str,
+                                                               message: str) -> None:
+    bag = dagbag_with_env(**{name: value})
+    assert len(bag.import_errors) == 2
+    assert all(message in e for e in bag.import_errors.values())
+
+
+def test_the_inference_device_param_reaches_both_model_jobs(dagbag: Any, dagbag_with_env: Any) -> None:
+    when = dt.datetime(2024, 1, 5, 2, tzinfo=dt.UTC)
+    nightly = dagbag.dags[NIGHTLY]
+    for task_id in ("infer_user_links", "precompute_candidates"):
+        assert _flag(_render(nightly, task_id, {}, when), "--inference-device") == "auto"
+        assert _flag(_render(nightly, task_id, {"inference_device": "cpu"}, when), "--inference-device") == "cpu"
+    refresh = dagbag_with_env(LIME_RANK_INFERENCE_DEVICE="cpu").dags["lime_candidate_refresh"]
+    assert _flag(_render(refresh, "precompute_candidates", {}, None), "--inference-device") == "cpu"

@@ -3,17 +3,17 @@
 Real Airflow (SQLite metadata DB, no scheduler), real spark-submit of the five
 jobs, a tiny random-weight LIME-XOR checkpoint
 (``lime_model.synthetic.random_checkpoint``).  No Spark connection is defined,
-so the tasks also prove the ``local[*]`` fallback.
+so the tasks also prove the ``local[*]`` fallback.  A successful run with a conf override, its
+Asset event and its report are checked under a running scheduler instead
+(``tests/deploy/test_cluster_demo.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 from collections.abc import Mapping
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,38 +77,6 @@ def test_invalid_conf_fails_before_any_spark_work(world: World, conf: Mapping[st
     assert _tables(world.lakehouse) == before
 
 
-def test_dags_test_runs_the_nightly_dag_and_a_conf_override_changes_k(world: World) -> None:
-    run = dags_test(world, {"top_k": 3})
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-6000:]
-    assert "Spark connection 'spark_default' is not defined; running on local[*]" in output
-
-    lake = world.lakehouse
-    recs = DeltaTable(str(lake / "recommendations")).to_pandas(filters=[("ds", "=", DS)])
-    users = DeltaTable(str(lake / "user_histories")).to_pandas(filters=[("ds", "=", DS)]).user_id
-    per_user = recs.groupby("user_id")["rank"].agg(["count", "min", "max"])
-    assert set(per_user.index) == set(users) and len(users) == 200
-    assert (per_user["count"] == 3).all() and (per_user["min"] == 1).all() and (per_user["max"] == 3).all()
-    assert set(recs.model_version) == {world.model_version}
-
-    audit = DeltaTable(str(lake / "run_audit")).to_pandas(filters=[("ds", "=", DS)])
-    [run_id] = audit.run_id.unique()
-    assert sorted(audit.job) == sorted(["extract_histories", "precompute_candidates", "infer_user_links",
-                                        "score_topk", "validate_publish"])
-    assert audit.set_index("job").loc["validate_publish", "status"] == "published"
-
-    # the outlet of validate_publish: one event on the recommendations Asset, naming the partition
-    with closing(sqlite3.connect(Path(world.env["AIRFLOW_HOME"]) / "airflow.db")) as db:
-        events = db.execute("SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id").fetchall()
-    assert [(name, json.loads(extra)) for name, extra in events] == [
-        ("lime_rank.recommendations", {"ds": DS, "lakehouse": str(lake)})]
-
-    report = lake / "_reports" / f"ds={DS}" / "run_report.html"
-    assert f"run report: {report}" in output
-    page = report.read_text()
-    assert '<td id="top_k">3</td>' in page and f'<td id="run_id">{run_id}</td>' in page
-
-
 def test_a_dag_run_that_crashed_mid_way_resumes_without_double_work(world: World) -> None:
     """The driver of infer_user_links dies before its commit (fault hook); the DAG run fails.
 
@@ -123,6 +91,7 @@ def test_a_dag_run_that_crashed_mid_way_resumes_without_double_work(world: World
                              timeout=600)
     output = crashed.stdout + crashed.stderr
     assert crashed.returncode != 0 and "state=failed" in output, output[-6000:]
+    assert "Spark connection 'spark_default' is not defined; running on local[*]" in output
 
     lake = world.lakehouse
     audit = DeltaTable(str(lake / "run_audit")).to_pandas(filters=[("ds", "=", ds)])

@@ -1,6 +1,7 @@
 """``lime-rank cluster-demo`` on tiny data: the DAGs under a running Airflow scheduler, the jobs on
 a Spark standalone cluster (a master, two workers with one fake GPU each) whose executors run the
-packed environment's Python; a worker is SIGKILLed during the first backfill run's inference.
+packed environment's Python; the backfill runs with ``top_k=3``, and a worker is SIGKILLed during
+the first backfill run's inference.
 
 One demo run (a subprocess, as ``make cluster-demo`` runs it) feeds every test of this module.
 """
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
@@ -23,6 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 REPO = Path(__file__).resolve().parents[2]
 NIGHTLY, REFRESH = "lime_nightly_scoring", "lime_candidate_refresh"
+BACKFILL_TOP_K = 3
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,16 @@ class Demo:
     summary: dict[str, Any]
     log: str
 
+    @property
+    def lakehouse(self) -> Path:
+        return self.out / "lakehouse"
+
+    def runs(self, dag_id: str, run_type: str) -> list[dict[str, Any]]:
+        return [r for r in self.summary["dag_runs"] if r["dag_id"] == dag_id and r["run_type"] == run_type]
+
+    def day(self, run: dict[str, Any]) -> str:
+        return str(run["logical_date"])[:10]
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
@@ -38,21 +51,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LIME_RANK_"))}
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "cluster-demo", "--out", str(out), "--users", "150", "--items", "80",
-         "--days", "4", "--kill-worker-in-backfill"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500, check=False)
+         "--days", "4", "--backfill-conf", json.dumps({"top_k": BACKFILL_TOP_K}), "--kill-worker-in-backfill"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     return Demo(out, json.loads((out / "summary.json").read_text()), log)
 
 
-def _runs(demo: Demo, dag_id: str, run_type: str) -> list[dict[str, Any]]:
-    return [r for r in demo.summary["dag_runs"] if r["dag_id"] == dag_id and r["run_type"] == run_type]
-
-
 def test_summary_has_exactly_the_documented_keys(demo: Demo) -> None:
     assert set(demo.summary) == {"spark_master", "lakehouse", "executors", "dag_runs", "tables"}
     assert demo.summary["spark_master"].startswith("spark://127.0.0.1:")
-    assert demo.summary["lakehouse"] == str(demo.out / "lakehouse")
+    assert demo.summary["lakehouse"] == str(demo.lakehouse)
+    tables = [p for p in demo.lakehouse.iterdir() if DeltaTable.is_deltatable(str(p))]
+    assert demo.summary["tables"] == {p.name: DeltaTable(str(p)).version() for p in tables}
 
 
 def test_executors_ran_on_both_workers_with_their_gpu_and_the_archive_python(demo: Demo) -> None:
@@ -62,11 +73,13 @@ def test_executors_ran_on_both_workers_with_their_gpu_and_the_archive_python(dem
     assert all(e["host"] == "127.0.0.1" for e in executors)
     assert sorted(tuple(e["gpu_addresses"]) for e in executors) == [("0",), ("1",)]
     for e in executors:
+        # <worker dir>/<app id>/<executor id>/environment/bin/python: where Spark unpacked spark.archives
         python = Path(e["python"])
-        # <worker dir>/<app id>/<executor id>/environment/bin/python: the unpacked spark.archives copy
         assert python.parts[-3:] == ("environment", "bin", "python"), python
-        assert python.is_relative_to(demo.out / "spark"), python
-        assert python.parent.parent.parent.name == e["id"]
+        executor_dir = python.parents[2]
+        assert executor_dir.name == e["id"] and executor_dir.parent.name.startswith("app-")
+        assert executor_dir.parent.parent.name in ("worker-0", "worker-1")
+        assert not python.is_relative_to(REPO) and not python.is_relative_to(Path(sys.prefix))
 
 
 def test_executors_got_the_submitted_jvm_options_and_the_jobs_own(demo: Demo) -> None:
@@ -77,61 +90,77 @@ def test_executors_got_the_submitted_jvm_options_and_the_jobs_own(demo: Demo) ->
 
 
 def test_the_scheduler_ran_the_nightly_run_the_asset_triggered_refresh_and_the_backfill(demo: Demo) -> None:
-    nightly = _runs(demo, NIGHTLY, "scheduled")
-    refresh = _runs(demo, REFRESH, "asset_triggered")
-    backfill = _runs(demo, NIGHTLY, "backfill")
-    assert [r["state"] for r in nightly] == ["success"]
-    assert [r["state"] for r in refresh] == ["success"]
+    [nightly] = demo.runs(NIGHTLY, "scheduled")
+    [refresh] = demo.runs(REFRESH, "asset_triggered")
+    backfill = demo.runs(NIGHTLY, "backfill")
+    assert (nightly["state"], refresh["state"]) == ("success", "success")
     assert [r["state"] for r in backfill] == ["success", "success"]
-    days = sorted(r["logical_date"][:10] for r in nightly + backfill)
-    assert len(set(days)) == 3
+    assert len({demo.day(r) for r in [nightly, *backfill]}) == 3
 
 
-def test_recommendations_hold_one_complete_partition_per_day(demo: Demo) -> None:
-    lakehouse = demo.out / "lakehouse"
-    recs = DeltaTable(str(lakehouse / "recommendations")).to_pyarrow_table()
-    days = sorted(r["logical_date"][:10] for r in demo.summary["dag_runs"]
-                  if r["dag_id"] == NIGHTLY and r["run_type"] in ("scheduled", "backfill"))
-    assert sorted(pc.unique(recs.column("ds")).to_pylist()) == days
-    links = DeltaTable(str(lakehouse / "user_links")).to_pyarrow_table()
-    for ds in days:
-        day = recs.filter(pc.equal(recs.column("ds"), ds)).to_pandas()
+def test_each_day_holds_one_complete_partition_with_the_k_of_its_run(demo: Demo) -> None:
+    recs = DeltaTable(str(demo.lakehouse / "recommendations")).to_pandas()
+    links = DeltaTable(str(demo.lakehouse / "user_links")).to_pandas()
+    histories = DeltaTable(str(demo.lakehouse / "user_histories")).to_pandas()
+    [nightly] = demo.runs(NIGHTLY, "scheduled")
+    expected_k = {demo.day(nightly): 10, **{demo.day(r): BACKFILL_TOP_K for r in demo.runs(NIGHTLY, "backfill")}}
+    assert sorted(recs.ds.unique()) == sorted(expected_k)
+    for ds, k in expected_k.items():
+        day = recs[recs.ds == ds]
         assert not day.duplicated(["user_id", "rank"]).any(), ds
-        assert (day.groupby("user_id")["rank"].max() == day.groupby("user_id").size()).all(), ds
-        users = links.filter(pc.equal(links.column("ds"), ds)).column("user_id").to_pylist()
-        assert len(users) == len(set(users)), f"duplicate user_links rows on {ds}"
-        assert set(day["user_id"]) >= set(users), f"users without recommendations on {ds}"
-    assert demo.summary["tables"]["recommendations"] == DeltaTable(str(lakehouse / "recommendations")).version()
+        per_user = day.groupby("user_id")["rank"].agg(["count", "max"])
+        assert (per_user["count"] == k).all() and (per_user["max"] == k).all(), ds
+        users = histories[histories.ds == ds].user_id
+        assert set(day.user_id) == set(users), f"users lost or invented on {ds}"
+        day_links = links[links.ds == ds].user_id
+        assert not day_links.duplicated().any(), f"duplicate user_links rows on {ds}"
+        assert set(day.model_version) == set(links[links.ds == ds].model_version), ds
+
+
+def test_every_run_published_its_day_with_an_asset_event_and_a_report(demo: Demo) -> None:
+    audit = DeltaTable(str(demo.lakehouse / "run_audit")).to_pandas()
+    with closing(sqlite3.connect(demo.out / "airflow" / "airflow.db")) as db:
+        events = db.execute("SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id").fetchall()
+    published = [json.loads(extra) for name, extra in events if name == "lime_rank.recommendations"]
+    for run in [*demo.runs(NIGHTLY, "scheduled"), *demo.runs(NIGHTLY, "backfill")]:
+        ds, run_id = demo.day(run), run["run_id"]
+        jobs = audit[(audit.ds == ds) & (audit.run_id == run_id)].set_index("job")["status"]
+        assert set(jobs.index) == {"extract_histories", "precompute_candidates", "infer_user_links", "score_topk",
+                                   "validate_publish"}, ds
+        assert jobs["validate_publish"] == "published"
+        assert {"ds": ds, "lakehouse": str(demo.lakehouse)} in published
+        page = (demo.lakehouse / "_reports" / f"ds={ds}" / "run_report.html").read_text()
+        assert f'<td id="run_id">{run_id}</td>' in page
+    assert any(json.loads(extra).get("source") == "cluster-demo" for name, extra in events if name == "lime_rank.items")
 
 
 def test_a_worker_killed_during_inference_did_not_fail_the_backfill_run(demo: Demo) -> None:
-    assert "fault injected: kill-worker" in _executor_logs(demo.out / "spark")
-    assert "died" in demo.log and "restarting it" in demo.log
-    first_backfill_day = min(r["logical_date"][:10] for r in _runs(demo, NIGHTLY, "backfill"))
-    assert _audit_tasks(demo.out / "lakehouse", first_backfill_day)  # that run's inference finished
+    assert "died (exit -9); restarting it" in demo.log
+    first = min(demo.runs(NIGHTLY, "backfill"), key=lambda r: r["logical_date"])
+    audit = DeltaTable(str(demo.lakehouse / "run_audit")).to_pandas()
+    infer = audit[(audit.run_id == first["run_id"]) & (audit.job == "infer_user_links")]
+    assert list(infer.status) == ["succeeded"]  # Spark re-ran the lost task: no Airflow retry was needed
+    lost = [e for e in _events(demo.out / "spark-events") if e.get("Event") == "SparkListenerTaskEnd"
+            and e.get("Task End Reason", {}).get("Reason") == "ExecutorLostFailure"]
+    assert lost, "no task of the run was lost with its executor"
 
 
 def test_nothing_the_demo_started_is_still_running(demo: Demo) -> None:
-    marker = str(demo.out)
     leftovers = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in text:
+        if str(demo.out) in text or "lime-rank-cluster-" in text:
             leftovers.append(text[:200])
     assert leftovers == []
+    assert not list(Path("/dev/shm").glob("lime-rank-cluster-*"))  # the scratch folder is gone too
 
 
-def _executor_logs(spark_root: Path) -> str:
-    return "\n".join(p.read_text(errors="replace") for p in spark_root.glob("worker-*/app-*/*/stderr"))
+def _events(folder: Path) -> list[dict[str, Any]]:
+    found = []
+    for log in folder.iterdir():
+        found += [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return found
 
-
-def _audit_tasks(lakehouse: Path, ds: str) -> list[dict[str, Any]]:
-    from pipelines.tables.audit import latest_success, read_audit
-    from pipelines.tables.delta_rs import DeltaRsStore
-
-    row = latest_success(read_audit(DeltaRsStore(None, str(lakehouse)), ds), "infer_user_links")
-    assert row is not None, ds
-    return list(row["metrics"]["tasks"])

@@ -157,7 +157,9 @@ def executor_conf(cluster: StandaloneCluster, event_log_dir: Path) -> dict[str, 
         "spark.scheduler.minRegisteredResourcesRatio": "1.0",
         "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
         "spark.driver.host": HOST, "spark.driver.bindAddress": HOST,
+        # plain JSON lines, one file per application: greppable by whoever reads them after the fact
         "spark.eventLog.enabled": "true", "spark.eventLog.dir": f"file://{event_log_dir}",
+        "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false",
         "spark.sql.shuffle.partitions": str(2 * n),
         "spark.driver.extraJavaOptions": SHORT_LIVED_JVM, "spark.executor.extraJavaOptions": SHORT_LIVED_JVM,
         # the driver unpacks spark.archives too (client mode): into the scratch folder, removed at the end

@@ -160,7 +160,7 @@ def test_nothing_the_demo_started_is_still_running(demo: Demo) -> None:
 
 def _events(folder: Path) -> list[dict[str, Any]]:
     found = []
-    for log in folder.iterdir():
+    for log in (p for p in folder.rglob("*") if p.is_file()):
         found += [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     return found
 

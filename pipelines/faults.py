@@ -115,36 +115,28 @@ def _proc_parent_and_cmdline(pid: int) -> tuple[int, str]:
     return ppid, cmdline
 
 
-def _ancestor_running(main_class: str, start: int | None = None) -> int | None:
+def _ancestor_running(main_class: str, start: int | None, why_absent: str) -> int:
+    """The pid of the nearest process above ``start`` (default: this one) whose command line names
+    ``main_class`` (Linux ``/proc``); a :class:`FaultInjectionError` saying ``why_absent`` if none."""
     pid = os.getpid() if start is None else start
     while pid > 1:
         ppid, cmdline = _proc_parent_and_cmdline(pid)
         if main_class in cmdline:
             return pid
         pid = ppid
-    return None
+    raise FaultInjectionError(f"no {main_class} process above this Python worker ({why_absent})")
 
 
 def executor_jvm_pid(start: int | None = None) -> int:
-    """The pid of the executor JVM above this process (Linux ``/proc``)."""
-    pid = _ancestor_running(_EXECUTOR_MAIN, start)
-    if pid is None:
-        raise FaultInjectionError(
-            "kill-executor: no CoarseGrainedExecutorBackend process above this Python worker "
-            "(under local[N] the worker's JVM is the driver; use a local-cluster[...] or cluster master)"
-        )
-    return pid
+    """The pid of the executor JVM above this process."""
+    return _ancestor_running(_EXECUTOR_MAIN, start, "kill-executor: under local[N] the worker's JVM is the "
+                                                    "driver; use a local-cluster[...] or cluster master")
 
 
 def worker_jvm_pid(start: int | None = None) -> int:
     """The pid of the standalone Worker daemon above this process."""
-    pid = _ancestor_running(_WORKER_MAIN, start)
-    if pid is None:
-        raise FaultInjectionError(
-            "kill-worker: no org.apache.spark.deploy.worker.Worker process above this Python worker "
-            "(only a standalone cluster's executors run under a Worker daemon)"
-        )
-    return pid
+    return _ancestor_running(_WORKER_MAIN, start, "kill-worker: only a standalone cluster's executors run "
+                                                  "under a Worker daemon")
 
 
 def task_point(stage: str) -> None:

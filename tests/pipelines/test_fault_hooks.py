@@ -96,6 +96,15 @@ def test_no_executor_jvm_above_a_plain_process() -> None:
     """Under local[N] the worker's JVM is the driver: the hook must refuse rather than kill it."""
     with pytest.raises(FaultInjectionError, match=r"no CoarseGrainedExecutorBackend process above"):
         faults.executor_jvm_pid()
+    with pytest.raises(FaultInjectionError, match=r"no org.apache.spark.deploy.worker.Worker process above"):
+        faults.worker_jvm_pid()
+
+
+def test_kill_worker_is_a_known_fault_with_the_kill_executor_parameters() -> None:
+    [fault] = faults.parse_faults("kill-worker:stage=infer_user_links:partition=1:attempt=0:once=/tmp/m")
+    assert (fault.kind, fault.params["partition"], fault.get("once", "")) == ("kill-worker", "1", "/tmp/m")
+    with pytest.raises(faults.FaultSpecError, match="kill-worker takes"):
+        faults.parse_faults("kill-worker:table=user_links")
 
 
 def test_crash_before_commit_exits_137_before_touching_the_table(tmp_path: Path) -> None:

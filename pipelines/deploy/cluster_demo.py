@@ -77,7 +77,6 @@ class DemoState:
     checkpoint: Path
     archive: Path
     worker_ids: dict[int, list[str]] = field(default_factory=dict)  # worker index -> ids, oldest first
-    workers_restarted: list[int] = field(default_factory=list)
 
 
 def last_closed_ds(now: dt.datetime) -> dt.date:
@@ -120,7 +119,7 @@ def dag_environment(state: DemoState, cluster: StandaloneCluster) -> dict[str, s
     """What the DAGs read at parse time, and spark-submit inherits, in this deployment."""
     conf = executor_conf(cluster, state.cfg.out / "spark-events")
     if state.cfg.kill_worker_in_backfill:
-        # disarmed by its marker until the backfill starts (see arm_worker_kill)
+        # disarmed by its marker until the backfill starts (run_backfill removes it)
         conf["spark.executorEnv.LIME_RANK_FAULT"] = (
             f"kill-worker:stage=infer_user_links:partition=0:attempt=0:once={fault_marker(state)}")
         fault_marker(state).touch()
@@ -133,6 +132,21 @@ def dag_environment(state: DemoState, cluster: StandaloneCluster) -> dict[str, s
         "LIME_RANK_DAG_RETRY_DELAY_S": "5",
         "LIME_RANK_SPARK_CONF": json.dumps(conf),
     }
+
+
+OUTPUT_MARKER = ".lime-rank-cluster-demo"
+
+
+def fresh_output_folder(out: Path) -> None:
+    """An empty ``out``: a previous demo's output is removed, anything else is refused (a mistyped
+    ``--out`` must not delete someone's files)."""
+    if out.exists():
+        if not (out / OUTPUT_MARKER).is_file() and any(out.iterdir()):
+            raise DeploymentError(f"{out} is not empty and holds no earlier cluster demo ({OUTPUT_MARKER}); "
+                                  "give another --out or empty it yourself")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / OUTPUT_MARKER).write_text("written by lime-rank cluster-demo; the next run empties this folder\n")
 
 
 def scratch_folder(out: Path) -> Path:
@@ -159,9 +173,7 @@ def fault_marker(state: DemoState) -> Path:
 
 def run_cluster_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Everything above; returns the summary (also written to ``<out>/summary.json``)."""
-    if cfg.out.exists():
-        shutil.rmtree(cfg.out)
-    cfg.out.mkdir(parents=True)
+    fresh_output_folder(cfg.out)
     daemons = Daemons(cfg.out / "logs")
     scratch: Path | None = None
     with signals_raise():
@@ -260,7 +272,6 @@ def restart_dead_workers(state: DemoState, cluster: StandaloneCluster, daemons: 
         wait_workers_alive(cluster, daemons)
         record = cluster.worker_of_port(spec.port)
         state.worker_ids[spec.index].append(str(record["id"]) if record else "?")
-        state.workers_restarted.append(spec.index)
 
 
 def build_summary(state: DemoState, cluster: StandaloneCluster, airflow: af.LocalAirflow,

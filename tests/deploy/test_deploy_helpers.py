@@ -98,3 +98,19 @@ def test_the_gpu_discovery_script_reports_one_address(tmp_path: Path) -> None:
     script = write_gpu_script(tmp_path / "gpu.sh", "1")
     out = subprocess.run([str(script)], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == {"name": "gpu", "addresses": ["1"]}
+
+
+def test_the_output_folder_is_emptied_only_when_an_earlier_demo_wrote_it(tmp_path: Path) -> None:
+    from pipelines.deploy.cluster_demo import fresh_output_folder
+
+    out = tmp_path / "demo"
+    fresh_output_folder(out)  # new
+    (out / "summary.json").write_text("{}")
+    fresh_output_folder(out)  # an earlier demo's: emptied
+    assert [p.name for p in out.iterdir()] == [".lime-rank-cluster-demo"]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(DeploymentError, match="is not empty and holds no earlier cluster demo"):
+        fresh_output_folder(precious)
+    assert (precious / "notes.txt").read_text() == "keep me"

@@ -97,7 +97,8 @@ def test_a_dag_run_that_crashed_mid_way_resumes_without_double_work(world: World
     audit = DeltaTable(str(lake / "run_audit")).to_pandas(filters=[("ds", "=", ds)])
     [run_id] = audit.run_id.unique()
     assert set(audit.job) == {"extract_histories", "precompute_candidates"}  # the crash left no row
-    assert DeltaTable(str(lake / "user_links")).to_pandas(filters=[("ds", "=", ds)]).empty
+    links = str(lake / "user_links")  # the crash may have hit the table's first commit: then there is no table
+    assert not DeltaTable.is_deltatable(links) or DeltaTable(links).to_pandas(filters=[("ds", "=", ds)]).empty
     before = _tables(lake)
 
     outputs = {}
@@ -115,8 +116,8 @@ def test_a_dag_run_that_crashed_mid_way_resumes_without_double_work(world: World
     assert after["user_histories"] == before["user_histories"]
     assert after["candidate_link_weights"] == before["candidate_link_weights"]
     # the rest committed exactly once
-    assert after["user_links"] == before["user_links"] + 1
-    assert after["recommendations"] == before["recommendations"] + 1
+    assert after["user_links"] == before.get("user_links", -1) + 1
+    assert after["recommendations"] == before.get("recommendations", -1) + 1
 
     audit = DeltaTable(str(lake / "run_audit")).to_pandas(filters=[("ds", "=", ds)])
     assert set(audit.run_id) == {run_id}

@@ -183,8 +183,7 @@ def run_cluster_demo(cfg: DemoConfig) -> dict[str, Any]:
             cluster = plan_cluster(cfg.out / "spark", scratch)
             base = spark_daemon_env(own_environment(), cluster.spark_home)
             start_cluster(cluster, daemons, base)
-            state.worker_ids = {i: [str(cluster.worker_of_port(s.port)["id"])]  # type: ignore[index]
-                                for i, s in enumerate(cluster.workers)}
+            state.worker_ids = {spec.index: [worker_id(cluster, spec.port)] for spec in cluster.workers}
             airflow = af.plan_airflow(cfg.out / "airflow", REPO / "dags", dag_environment(state, cluster))
             af.start_airflow(airflow, daemons, base)
             runs = drive_airflow(state, cluster, airflow, daemons, base)
@@ -270,8 +269,15 @@ def restart_dead_workers(state: DemoState, cluster: StandaloneCluster, daemons: 
         daemons.stop(daemon)  # leftovers of its process group
         start_worker(cluster, spec, daemons, env)
         wait_workers_alive(cluster, daemons)
-        record = cluster.worker_of_port(spec.port)
-        state.worker_ids[spec.index].append(str(record["id"]) if record else "?")
+        state.worker_ids[spec.index].append(worker_id(cluster, spec.port))
+
+
+def worker_id(cluster: StandaloneCluster, port: int) -> str:
+    """The master's id of the worker listening on ``port``."""
+    record = cluster.worker_of_port(port)
+    if record is None:
+        raise DeploymentError(f"the master at {cluster.master_url} knows no worker on port {port}")
+    return str(record["id"])
 
 
 def build_summary(state: DemoState, cluster: StandaloneCluster, airflow: af.LocalAirflow,

@@ -46,6 +46,7 @@ must suit the workers' OS and CPU.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import gzip
 import io
@@ -176,12 +177,13 @@ def _dist_members(dist: metadata.Distribution, site_packages: Path, arc_site: st
     """The files of ``dist`` (its RECORD) that lie in ``site_packages``: console scripts and other files
     recorded outside it (``../../../bin/...``) are left out."""
     label = f"{dist.name} {dist.version}"
-    if dist.files is None:
+    recorded = _record(dist)
+    if recorded is None:
         raise PackEnvError(f"{label} in {site_packages} has no RECORD: its files are unknown")
     if _is_editable(dist):
         raise PackEnvError(f"{label} is installed editable in {site_packages}: its code is not in the venv")
     members = []
-    for file in dist.files:
+    for file in recorded:
         path = Path(os.path.normpath(site_packages / file))
         if not path.is_relative_to(site_packages):
             continue
@@ -196,6 +198,14 @@ def _dist_members(dist: metadata.Distribution, site_packages: Path, arc_site: st
             raise PackEnvError(f"{label}: {path}, listed in its RECORD, does not exist")
         members.append((path, f"{arc_site}/{relative.as_posix()}"))
     return members
+
+
+def _record(dist: metadata.Distribution) -> list[str] | None:
+    """The paths RECORD lists, read here rather than through ``Distribution.files``, which some
+    importlib_metadata versions (loaded by Airflow, among others) filter down to the files that exist:
+    a file missing from a broken install would then go unnoticed."""
+    text = dist.read_text("RECORD")
+    return None if text is None else [row[0] for row in csv.reader(text.splitlines()) if row]
 
 
 def left_out(relative: Path) -> bool:

@@ -63,6 +63,14 @@ class DeploymentError(LimeRankError):
     reach the expected state; the message names the daemon or run and where its log is."""
 
 
+class HttpStatusError(DeploymentError):
+    """A local service answered a request with an HTTP error status (kept in ``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class TableError(LimeRankError):
     """Base class of table-layer errors."""
 

@@ -10,20 +10,27 @@ with ``curl`` would.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from pipelines.deploy.processes import Daemons, free_port, http_json, try_http_json, wait_for
-from pipelines.errors import DeploymentError
+from pipelines.errors import DeploymentError, HttpStatusError
 
 HOST = "127.0.0.1"
 FINISHED = {"success", "failed"}
+UNAVAILABLE_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0)
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,9 +74,11 @@ class LocalAirflow:
 
     # -- REST ------------------------------------------------------------------------------------
     def api(self, path: str, method: str = "GET", body: Any = None) -> Any:
+        """One REST call; an HTTP 503 is retried a few times (see :func:`retry_unavailable`)."""
         if self.token is None:
             self.token = http_json(f"{self.base_url}/auth/token")["access_token"]
-        return http_json(f"{self.base_url}{path}", method, body, {"Authorization": f"Bearer {self.token}"})
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return retry_unavailable(lambda: http_json(f"{self.base_url}{path}", method, body, headers))
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = self.api(f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=run_after")[
@@ -80,6 +89,24 @@ class LocalAirflow:
         tis: list[dict[str, Any]] = self.api(
             f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")["task_instances"]
         return tis
+
+
+def retry_unavailable(call: Callable[[], T], delays_s: Sequence[float] = UNAVAILABLE_RETRY_DELAYS_S) -> T:
+    """``call()``, again after each delay while it fails with HTTP 503.
+
+    On SQLite the api-server answers 503 when the scheduler holds the database lock (e.g.
+    ``POST /backfills``: "Database is locked"); its transaction was rolled back, so the same
+    request can be sent again.  Any other error, or the last 503, propagates.
+    """
+    for delay in delays_s:
+        try:
+            return call()
+        except HttpStatusError as exc:
+            if exc.status != HTTPStatus.SERVICE_UNAVAILABLE:
+                raise
+            log.warning("%s; retrying in %.0f s", exc, delay)
+            time.sleep(delay)
+    return call()
 
 
 def plan_airflow(home: Path, dags_folder: Path, extra_env: Mapping[str, str]) -> LocalAirflow:

@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 NIGHTLY = "lime_nightly_scoring"
 REFRESH = "lime_candidate_refresh"
-SUMMARY_KEYS = ("spark_master", "lakehouse", "executors", "dag_runs", "tables")
 # Every application unpacks the environment (~1.4 GB) on its driver and each executor; in memory
 # (tmpfs) that costs a copy, on disk it costs minutes over a night of runs.  Needs room for about
 # three applications at once.

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from pipelines.errors import DeploymentError
+from pipelines.errors import DeploymentError, HttpStatusError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,8 +145,8 @@ def http_json(url: str, method: str = "GET", body: Any = None, headers: Mapping[
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             payload = response.read()
     except urllib.error.HTTPError as exc:
-        raise DeploymentError(f"{method} {url} -> HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}"
-                              ) from None
+        raise HttpStatusError(f"{method} {url} -> HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}",
+                              exc.code) from None
     return json.loads(payload) if payload else None
 
 

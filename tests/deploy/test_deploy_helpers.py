@@ -4,18 +4,22 @@ the deployment's settings, the day the scheduler will run."""
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipelines.deploy.airflow_local import retry_unavailable
 from pipelines.deploy.cluster_demo import DemoConfig, DemoState, dag_environment, last_closed_ds, own_environment
-from pipelines.deploy.processes import Daemons, _group_alive, free_port, wait_for
+from pipelines.deploy.processes import Daemons, _group_alive, free_port, http_json, wait_for
 from pipelines.deploy.spark_standalone import SHORT_LIVED_JVM, executor_conf, plan_cluster, write_gpu_script
-from pipelines.errors import DeploymentError
+from pipelines.errors import DeploymentError, HttpStatusError
 
 
 @pytest.mark.parametrize(("now", "ds"), [
@@ -114,3 +118,65 @@ def test_the_output_folder_is_emptied_only_when_an_earlier_demo_wrote_it(tmp_pat
     with pytest.raises(DeploymentError, match="is not empty and holds no earlier cluster demo"):
         fresh_output_folder(precious)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+class _ScriptedServer(http.server.ThreadingHTTPServer):
+    """Answers each POST with the next (status, body) of ``script``; counts the requests."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        self.script = script
+        self.requests = 0
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    server: _ScriptedServer
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body = self.server.script[min(self.server.requests, len(self.server.script) - 1)]
+        self.server.requests += 1
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def scripted_server(request: pytest.FixtureRequest) -> Iterator[_ScriptedServer]:
+    server = _ScriptedServer(request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+_LOCKED = (503, {"detail": "Database is locked. Backfill creation is not supported on SQLite"})
+
+
+@pytest.mark.parametrize("scripted_server", [[_LOCKED, _LOCKED, (200, {"id": 7})]], indirect=True)
+def test_a_request_the_locked_sqlite_database_refused_is_sent_again(scripted_server: _ScriptedServer) -> None:
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}/api/v2/backfills"
+    assert retry_unavailable(lambda: http_json(url, "POST", {"dag_id": "d"}), (0.0, 0.0, 0.0)) == {"id": 7}
+    assert scripted_server.requests == 3
+
+
+@pytest.mark.parametrize("scripted_server", [[_LOCKED]], indirect=True)
+def test_a_database_that_stays_locked_fails_with_the_servers_answer(scripted_server: _ScriptedServer) -> None:
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}/api/v2/backfills"
+    with pytest.raises(HttpStatusError, match=r"HTTP 503.*Database is locked") as failure:
+        retry_unavailable(lambda: http_json(url, "POST", {}), (0.0, 0.0))
+    assert failure.value.status == 503 and scripted_server.requests == 3
+
+
+@pytest.mark.parametrize("scripted_server", [[(409, {"detail": "already running"}), (200, {})]], indirect=True)
+def test_other_error_statuses_are_not_retried(scripted_server: _ScriptedServer) -> None:
+    url = f"http://127.0.0.1:{scripted_server.server_address[1]}/api/v2/backfills"
+    with pytest.raises(HttpStatusError, match=r"HTTP 409.*already running"):
+        retry_unavailable(lambda: http_json(url, "POST", {}), (0.0, 0.0))
+    assert scripted_server.requests == 1

@@ -60,18 +60,7 @@ class RunContext:
     @classmethod
     def open(cls, spark: SparkSession, store: TableStore, ds: str, run_id: str, checkpoint_path: str) -> RunContext:
         """Validate the run's arguments and load the checkpoint, before any table is touched."""
-        from lime_model.checkpoint import load_checkpoint
-        from pipelines.tables.store import check_lakehouse_root
-
-        try:
-            if dt.date.fromisoformat(ds).isoformat() != ds:
-                raise ValueError(ds)
-        except ValueError:
-            raise ConfigError(f"ds must be a date YYYY-MM-DD, got {ds!r}") from None
-        check_lakehouse_root(store.root)  # a typo must fail here, not create a new lakehouse
-        checkpoint = load_checkpoint(checkpoint_path)
-        check_pipeline_model(checkpoint.config, checkpoint_path)
-        return cls(spark, store, ds, run_id, checkpoint_path, checkpoint)
+        return cls(spark, store, ds, run_id, checkpoint_path, checked_run_inputs(store, ds, checkpoint_path))
 
     @property
     def model_version(self) -> str:
@@ -83,6 +72,22 @@ class RunContext:
     def vocabulary(self) -> DataFrame:
         ids = pa.table({"item_id": pa.array(self.checkpoint.vocab.item_ids, pa.int64())})
         return self.spark.createDataFrame(ids)
+
+
+def checked_run_inputs(store: TableStore, ds: str, checkpoint_path: str) -> Checkpoint:
+    """The run's checkpoint, once ``ds``, the lakehouse root and the model are known to be usable."""
+    from lime_model.checkpoint import load_checkpoint
+    from pipelines.tables.store import check_lakehouse_root
+
+    try:
+        if dt.date.fromisoformat(ds).isoformat() != ds:
+            raise ValueError(ds)
+    except ValueError:
+        raise ConfigError(f"ds must be a date YYYY-MM-DD, got {ds!r}") from None
+    check_lakehouse_root(store.root)  # a typo must fail here, not create a new lakehouse
+    checkpoint = load_checkpoint(checkpoint_path)
+    check_pipeline_model(checkpoint.config, checkpoint_path)
+    return checkpoint
 
 
 @dataclass(frozen=True)
@@ -108,13 +113,17 @@ def timed(record: AuditRecord, name: str, fn: Callable[[], T]) -> T:
 def already_done(ctx: RunContext, record: AuditRecord, spec_name: str, app_id: str) -> StageResult | None:
     spec = {USER_HISTORIES.name: USER_HISTORIES, USER_LINKS.name: USER_LINKS,
             RECOMMENDATIONS.name: RECOMMENDATIONS, CANDIDATE_LINK_WEIGHTS.name: CANDIDATE_LINK_WEIGHTS}[spec_name]
-    version = ctx.store.committed_version(spec, app_id)
-    if version is None:
+    if ctx.store.committed_version(spec, app_id) is None:
         return None
+    return skipped(record, ctx.ds, spec_name, app_id)
+
+
+def skipped(record: AuditRecord, ds: str, spec_name: str, app_id: str) -> StageResult:
+    """The result of a stage whose commit ``app_id`` already landed; its audit row says so."""
     record.status = STATUS_SKIPPED
     record.metrics["skipped_reason"] = f"{app_id} already committed to {spec_name}"
     log.info("%s: %s already committed; nothing to redo", record.job, app_id)
-    return StageResult(record.job, ctx.ds, None, dict(record.metrics))
+    return StageResult(record.job, ds, None, dict(record.metrics))
 
 
 def finish(record: AuditRecord, commit: CommitResult) -> StageResult:

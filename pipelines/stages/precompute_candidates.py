@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
-from pipelines.stages.context import PRECOMPUTE_CANDIDATES, RunContext, StageResult, already_done, finish, timed
+from pipelines.stages.context import (
+    PRECOMPUTE_CANDIDATES,
+    RunContext,
+    StageResult,
+    already_done,
+    finish,
+    skipped,
+    timed,
+)
 from pipelines.tables.audit import audited
 from pipelines.tables.schemas import CANDIDATE_LINK_WEIGHTS, ITEMS
 from pipelines.tables.spark_rows import first_row
-from pipelines.tables.store import WriteRequest
+from pipelines.tables.store import TableStore, WriteRequest
+
+
+def candidates_key(store: TableStore, model_version: str) -> tuple[str, int]:
+    """(the commit key of ``model_version``'s candidates built from the current ``items``, the
+    ``items`` version): the stage commits once per key."""
+    items_version = store.version(ITEMS)
+    if items_version is None:
+        from pipelines.errors import TableNotFoundError
+
+        raise TableNotFoundError("items", store.uri("items"))
+    # the table id too: a dropped and re-created items table starts again at version 0
+    return (f"{PRECOMPUTE_CANDIDATES}:model_version={model_version}"
+            f":items={store.table_id(ITEMS)}@v{items_version}"), items_version
+
+
+def skip_if_current(store: TableStore, ds: str, run_id: str, model_version: str) -> StageResult | None:
+    """The stage's result, skipped and audited, when ``model_version``'s candidates were built from
+    the current ``items``; None (nothing written) when they must be built.  Reads the table logs
+    only, so a job can decide before it starts a Spark session."""
+    app_id, items_version = candidates_key(store, model_version)
+    if store.committed_version(CANDIDATE_LINK_WEIGHTS, app_id) is None:
+        return None
+    with audited(store, PRECOMPUTE_CANDIDATES, ds, run_id) as record:
+        record.model_version = model_version
+        record.metrics["items_version"] = items_version
+        return skipped(record, ds, CANDIDATE_LINK_WEIGHTS.name, app_id)
 
 
 def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
@@ -16,14 +50,7 @@ def precompute_candidates(ctx: RunContext, device: str = "auto") -> StageResult:
     from pipelines.errors import EmptyCatalogueError
     from pipelines.runtime.candidate_matrix import candidate_rows, catalogue_in_vocabulary
 
-    items_version = ctx.store.version(ITEMS)
-    if items_version is None:
-        from pipelines.errors import TableNotFoundError
-
-        raise TableNotFoundError("items", ctx.store.uri("items"))
-    # the table id too: a dropped and re-created items table starts again at version 0
-    app_id = (f"{PRECOMPUTE_CANDIDATES}:model_version={ctx.model_version}"
-              f":items={ctx.store.table_id(ITEMS)}@v{items_version}")
+    app_id, items_version = candidates_key(ctx.store, ctx.model_version)
     with audited(ctx.store, PRECOMPUTE_CANDIDATES, ctx.ds, ctx.run_id) as record:
         record.model_version = ctx.model_version
         record.metrics["items_version"] = items_version

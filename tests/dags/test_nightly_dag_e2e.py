@@ -21,13 +21,15 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable
 
+from pipelines.deploy.spark_standalone import SHORT_LIVED_JVM
+
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 DAG_ID = "lime_nightly_scoring"
 DS = "2024-01-05"  # the last day of the generated events
-# short-lived driver JVMs: the C1 compiler alone starts faster, and the jobs here are tiny
+# short-lived driver JVMs (the cluster demo's settings): the jobs here are tiny
 SPARK_CONF = {"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false",
-              "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+              "spark.driver.extraJavaOptions": SHORT_LIVED_JVM}
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@
 
 Incremental by default (:mod:`pipelines.stages.incremental`): when the previous day's histories
 were extracted with the same model vocabulary and ``--max-history`` and ``events`` only gained
-files since the version that run read, only the users with an event in those files, or an event
-dated after the previous day, are extracted again; the other rows are copied from the previous
-day.  The result equals a full extraction, which ``full=True`` forces.
+files since the version that run read, only the events that run did not read are read (the
+added files, and the rows of the others dated after the previous day): the histories of their
+users are extended with them (:mod:`pipelines.stages.history_extension`), or, for a user with a
+late event older than their history's newest, extracted again from all their events; the other
+rows are copied from the previous day.  The result equals a full extraction, which ``full=True``
+forces.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipelines.errors import PartitionNotFoundError
+from pipelines.stages import history_extension as x
 from pipelines.stages import history_transforms as h
 from pipelines.stages.context import EXTRACT_HISTORIES, RunContext, StageResult, already_done, finish, timed
 from pipelines.stages.incremental import (
@@ -70,24 +74,25 @@ def extract_mode(ctx: RunContext, max_history: int, events_version: int,
     return RunMode(True, f"{len(change.added_files)} events file(s) added since version {since}", prev), change
 
 
-def changed_users(ctx: RunContext, cfg: h.HistoryConfig, change: EventsChange, prev: str) -> DataFrame:
-    """(user_id) of every user whose events up to the end of ds may differ from what the previous
-    run read: an event in a file added since its version, or an event dated after its day (which
-    it left out), whatever ``event_date`` the event is filed under.  A superset is harmless."""
+def unread_events(ctx: RunContext, cfg: h.HistoryConfig, change: EventsChange, prev: str) -> DataFrame:
+    """The rows of ``events`` the previous day's run did not read that may count for ``ds``, each
+    once and with its source order: every row of the files added since the version it read (late
+    events too, whatever ``event_date`` they are filed under), and the rows of the files it read
+    that are dated after its day and up to the end of ``ds`` (which it left out)."""
     from pyspark.sql import functions as F
 
     end = F.to_timestamp(F.lit(cfg.end_exclusive))
     after_prev = F.to_timestamp(F.lit(h.HistoryConfig(ds=prev, max_history=1).end_exclusive))
     added = ctx.store.read_files("events", change.added_files, version=change.version)
-    recent = ctx.store.read_table("events", version=change.version).where(
-        (F.col("ts") >= after_prev) & (F.col("ts") < end))
-    users = added.where(F.col("ts") < end).select("user_id").unionByName(recent.select("user_id"))
-    return users.where(F.col("user_id").isNotNull()).select(F.col("user_id").cast("bigint")).distinct()
+    kept = ctx.store.read_files("events", change.kept_files, version=change.version)
+    h.check_events_schema(added)
+    dated_after_prev = h.with_source_order(kept).where((F.col("ts") >= after_prev) & (F.col("ts") < end))
+    return h.with_source_order(added).unionByName(dated_after_prev)
 
 
 def _scan_events(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, version: int,
-                 only: DataFrame | None, allow_empty_ds: bool,
-                 frames: list[DataFrame]) -> tuple[DataFrame, dict[str, int]]:
+                 only: DataFrame | None, allow_empty_ds: bool, frames: list[DataFrame],
+                 timing: str = "scan_events") -> tuple[DataFrame, dict[str, int]]:
     """The flagged events (of the ``only`` users, if given: persisted, a small set grouped later
     without a second scan) and their drop counts."""
     events = ctx.store.read_table("events", version=version)
@@ -102,7 +107,7 @@ def _scan_events(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, ver
     flagged = h.flag_events(pruned, cfg)
     if only is not None:
         flagged = _persisted(frames, flagged)
-    drops = timed(record, "scan_events", lambda: h.drop_counts(flagged))
+    drops = timed(record, timing, lambda: h.drop_counts(flagged))
     if not allow_empty_ds:
         require_events_on_ds(ctx, drops["events_on_ds"])
     if date_partitioned and only is None:  # rows of later date partitions with ts after ds are not read
@@ -122,8 +127,11 @@ def _record_counts(record: AuditRecord, drops: dict[str, int], kept: dict[str, i
         "users_reused": reused,
         "users": kept["users"] + reused,
         "users_without_known_items": kept["users_without_known_items"],
-        "history_events": kept["known_events"] - kept["truncated_events"],
     }
+    if "users_rescanned" in kept:  # incremental: the counts cover the events read, not whole histories
+        counts["users_rescanned"] = kept["users_rescanned"]
+    else:
+        counts["history_events"] = kept["known_events"] - kept["truncated_events"]
     for name, value in counts.items():
         record.count(name, value)
     return counts["users"]
@@ -155,6 +163,40 @@ def _persisted(frames: list[DataFrame], frame: DataFrame) -> DataFrame:
     return frames[-1]
 
 
+def _full_histories(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, version: int,
+                    allow_empty_ds: bool, frames: list[DataFrame]) -> tuple[DataFrame, int, int]:
+    """Every user's history from all their events: (rows, users, event rows read)."""
+    flagged, drops = _scan_events(ctx, record, cfg, version, None, allow_empty_ds, frames)
+    per_user = _persisted(frames, h.user_event_lists(flagged, ctx.vocabulary(), cfg))
+    kept = timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
+    return h.to_histories(per_user, cfg), _record_counts(record, drops, kept, 0), drops["events_read"]
+
+
+def _incremental_histories(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, change: EventsChange,
+                           prev: str, allow_empty_ds: bool, frames: list[DataFrame],
+                           ) -> tuple[DataFrame, int, int]:
+    """The previous day's histories, those of the users with unread events extended with them
+    (:mod:`pipelines.stages.history_extension`; a user with a late event older than their
+    history's newest is extracted again from all their events): (rows, users, event rows read)."""
+    from pyspark.sql import functions as F
+
+    flagged = _persisted(frames, h.flag_events(unread_events(ctx, cfg, change, prev), cfg))
+    drops = timed(record, "scan_events", lambda: h.drop_counts(flagged))
+    if not allow_empty_ds:  # every event dated ds is unread: the day before's run left it out
+        require_events_on_ds(ctx, drops["events_on_ds"])
+    previous = ctx.store.read(USER_HISTORIES, partition={"ds": prev})
+    joined = _persisted(frames, x.with_previous(h.user_event_lists(flagged, ctx.vocabulary(), cfg), previous))
+    kept = timed(record, "group_users", lambda: x.extension_counts(joined, cfg))
+    histories = x.extended_histories(joined, cfg)
+    if kept["users_rescanned"]:
+        late = _persisted(frames, joined.where(~F.col(x.EXTENDABLE)).select("user_id"))
+        rescanned, _ = _scan_events(ctx, record, cfg, change.version, late, True, frames, "rescan_events")
+        histories = histories.unionByName(h.to_histories(h.user_event_lists(rescanned, ctx.vocabulary(), cfg), cfg))
+    carried = _reused_rows(ctx, prev, joined.select("user_id"))
+    reused = timed(record, "count_reused", carried.count)
+    return histories.unionByName(carried), _record_counts(record, drops, kept, reused), drops["events_read"]
+
+
 def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool = False,
                       full: bool = False) -> StageResult:
     """``events`` up to the end of ``ds`` -> ``user_histories(ds)``, incremental unless ``full``
@@ -178,21 +220,15 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         record.metrics.update(mode.audit())
         frames: list[DataFrame] = []
         try:
-            changed = None if change is None else _persisted(frames, changed_users(ctx, cfg, change,
-                                                                                   mode.previous_ds))
-            flagged, drops = _scan_events(ctx, record, cfg, version, changed, allow_empty_ds, frames)
-            per_user = _persisted(frames, h.user_event_lists(flagged, ctx.vocabulary(), cfg))
-            kept = timed(record, "group_users", lambda: h.kept_counts(per_user, cfg))
-            histories = h.to_histories(per_user, cfg)
-            reused = 0
-            if changed is not None:
-                carried = _reused_rows(ctx, mode.previous_ds, changed)
-                reused = timed(record, "count_reused", carried.count)
-                histories = histories.unionByName(carried)
-            if _record_counts(record, drops, kept, reused) == 0:
+            if change is None:
+                histories, users, read = _full_histories(ctx, record, cfg, version, allow_empty_ds, frames)
+            else:
+                histories, users, read = _incremental_histories(ctx, record, cfg, change, mode.previous_ds,
+                                                                allow_empty_ds, frames)
+            if users == 0:
                 raise PartitionNotFoundError(
                     "events", {"event_date": f"<= {ctx.ds}"},
-                    hint=f" with usable ids up to the end of ds={ctx.ds} ({drops['events_read']} row(s) read)",
+                    hint=f" with usable ids up to the end of ds={ctx.ds} ({read} row(s) read)",
                 )
             request = WriteRequest(USER_HISTORIES, "overwrite", app_id, partition={"ds": ctx.ds},
                                    metadata={"model_version": ctx.model_version, "max_history": max_history})

@@ -200,8 +200,9 @@ def distinct_in_source_order(valid: DataFrame) -> DataFrame:
 def user_event_lists(flagged: DataFrame, known_items: DataFrame, cfg: HistoryConfig) -> DataFrame:
     """Per user: deduplicated event count and the time-sorted known events.
 
-    Columns: user_id, n_events (distinct valid events), events array<struct<ts, tie_order,
-    item_id>> (known items only, ascending by ts, then source order).
+    Columns: user_id, n_events (distinct valid events), first_ts (the earliest of them, known item
+    or not), events array<struct<ts, tie_order, item_id>> (known items only, ascending by ts, then
+    source order).
     """
     from pyspark.sql import functions as F
 
@@ -212,6 +213,7 @@ def user_event_lists(flagged: DataFrame, known_items: DataFrame, cfg: HistoryCon
     tagged = distinct.join(vocab, "item_id", "left")
     return tagged.groupBy("user_id").agg(
         F.count(F.lit(1)).alias("n_events"),
+        F.min("ts").alias("first_ts"),
         F.sort_array(F.collect_list(F.when(F.col("known"), F.struct("ts", "tie_order", "item_id")))).alias("events"),
     )
 

@@ -101,6 +101,7 @@ class EventsChange:
     table_id: str | None
     added_files: tuple[str, ...]
     removed_files: int
+    kept_files: tuple[str, ...] = ()  # the files of the previous version still in place
 
 
 def events_change(store: TableStore, since_version: int, version: int) -> EventsChange:
@@ -111,7 +112,7 @@ def events_change(store: TableStore, since_version: int, version: int) -> Events
     before = {normalised_uri(f): f for f in store.file_uris(listed, version=since_version)}
     now = {normalised_uri(f): f for f in store.file_uris(listed, version=version)}
     return EventsChange(version, store.table_id(EVENTS), tuple(now[k] for k in sorted(set(now) - set(before))),
-                        len(set(before) - set(now)))
+                        len(set(before) - set(now)), tuple(now[k] for k in sorted(set(now) & set(before))))
 
 
 def unchanged_histories(current: DataFrame, previous: DataFrame, *, compare_seen: bool) -> DataFrame:

@@ -142,6 +142,8 @@ def test_a_day_of_new_events_runs_incrementally_and_equals_a_full_run(spark, bas
     users_with_events = len({r[0] for r in rows} | {280, dup_user})
     assert metrics["extract_histories"]["users_extracted"] == users_with_events
     assert metrics["extract_histories"]["users_reused"] + users_with_events == metrics["extract_histories"]["users"]
+    # the late event and the duplicate are not newer than those users' histories: extracted again
+    assert metrics["extract_histories"]["users_rescanned"] == 2
     again = run_day(spark, inc, DAY1, base["ckpt"])  # a rerun of the day (new run id): incremental from day 0
     assert again["infer_user_links"]["mode"] == "incremental"
     assert again["infer_user_links"]["users_reinferred"] == changed
@@ -156,6 +158,26 @@ def test_a_day_without_events_reuses_every_row(spark, base: dict, tmp_path: Path
     assert metrics["extract_histories"]["users_extracted"] == 0
     assert metrics["infer_user_links"]["users_reinferred"] == 0
     assert metrics["score_topk"]["users_rescored"] == 0
+
+
+def test_events_dated_after_the_previous_day_already_in_the_table_are_read(spark, base: dict, tmp_path: Path) -> None:
+    """Events filed early (dated day 2, in a file that day 1's run read and left them out of) count
+    on day 2 although no file was added for them since."""
+    inc, full = copies(base, tmp_path)
+    day2 = (dt.date.fromisoformat(DAY1) + dt.timedelta(days=1)).isoformat()
+    known = base["items"][:KNOWN]
+    early = [(120, int(known[9]), f"{day2} 06:00:00"), (99_100, int(known[2]), f"{day2} 07:00:00")]
+    for root in (inc, full):
+        append(spark, root, events([*early, (121, int(known[8]), f"{DAY1} 09:00:00")], DAY1))
+    run_day(spark, inc, DAY1, base["ckpt"])
+    for root in (inc, full):
+        append(spark, root, events([(130, int(known[1]), f"{day2} 10:00:00")], day2))
+    metrics = run_day(spark, inc, day2, base["ckpt"])
+    run_day(spark, full, day2, base["ckpt"], full=True)
+    assert_same_tables(inc, full, day2)
+    extract = metrics["extract_histories"]
+    assert extract["mode"] == "incremental", extract["mode_reason"]
+    assert (extract["users_extracted"], extract["users_rescanned"], extract["events_on_ds"]) == (3, 0, 3)
 
 
 def test_a_missing_previous_day_falls_back_to_a_full_run_and_says_why(spark, base: dict, tmp_path: Path) -> None:

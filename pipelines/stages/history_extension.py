@@ -54,8 +54,9 @@ def extended_histories(joined: DataFrame, cfg: HistoryConfig) -> DataFrame:
     rows = joined.where(F.col(EXTENDABLE)).select(
         "user_id", F.slice(items, start, cfg.max_history).alias("item_ids"),
         F.slice(times, start, cfg.max_history).alias("ts"), seen.alias("seen_item_ids"))
-    return rows.select(F.lit(cfg.ds).alias("ds"), "user_id", "item_ids", "ts", F.size("item_ids").cast("int").alias("n"),
-                       "seen_item_ids", F.size("seen_item_ids").cast("int").alias("n_seen"))
+    return rows.select(F.lit(cfg.ds).alias("ds"), "user_id", "item_ids", "ts",
+                       F.size("item_ids").cast("int").alias("n"), "seen_item_ids",
+                       F.size("seen_item_ids").cast("int").alias("n_seen"))
 
 
 def extension_counts(joined: DataFrame, cfg: HistoryConfig) -> dict[str, int]:

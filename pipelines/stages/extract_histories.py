@@ -71,7 +71,9 @@ def extract_mode(ctx: RunContext, max_history: int, events_version: int,
     if change.removed_files:
         return RunMode.full(prev, f"{change.removed_files} data file(s) of events were removed or rewritten "
                                   f"since version {since} (a delete, overwrite or compaction)"), None
-    return RunMode(True, f"{len(change.added_files)} events file(s) added since version {since}", prev), change
+    built_on = row["table_version"]
+    return RunMode(True, f"{len(change.added_files)} events file(s) added since version {since}", prev,
+                   built_on if isinstance(built_on, int) else None), change
 
 
 def unread_events(ctx: RunContext, cfg: h.HistoryConfig, change: EventsChange, prev: str) -> DataFrame:

@@ -56,7 +56,7 @@ def extended_histories(joined: DataFrame, cfg: HistoryConfig) -> DataFrame:
         F.slice(times, start, cfg.max_history).alias("ts"), seen.alias("seen_item_ids"))
     return rows.select(F.lit(cfg.ds).alias("ds"), "user_id", "item_ids", "ts",
                        F.size("item_ids").cast("int").alias("n"), "seen_item_ids",
-                       F.size("seen_item_ids").cast("int").alias("n_seen"))
+                       F.size("seen_item_ids").cast("int").alias("n_seen"), F.lit(cfg.ds).alias("extracted_ds"))
 
 
 def extension_counts(joined: DataFrame, cfg: HistoryConfig) -> dict[str, int]:

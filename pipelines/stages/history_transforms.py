@@ -219,7 +219,7 @@ def user_event_lists(flagged: DataFrame, known_items: DataFrame, cfg: HistoryCon
 
 
 def to_histories(per_user: DataFrame, cfg: HistoryConfig) -> DataFrame:
-    """``user_histories`` rows (ds, user_id, item_ids, ts, n, seen_item_ids, n_seen) from
+    """``user_histories`` rows (ds, user_id, item_ids, ts, n, seen_item_ids, n_seen, extracted_ds) from
     :func:`user_event_lists`: the last ``max_history`` events, and every distinct item of all of
     them (ascending ids)."""
     from pyspark.sql import functions as F
@@ -235,6 +235,7 @@ def to_histories(per_user: DataFrame, cfg: HistoryConfig) -> DataFrame:
         F.size(last).cast("int").alias("n"),
         seen.alias("seen_item_ids"),
         F.size(seen).cast("int").alias("n_seen"),
+        F.lit(cfg.ds).alias("extracted_ds"),
     )
 
 

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from pipelines.stages.context import EXTRACT_HISTORIES
 from pipelines.tables.audit import STATUS_SUCCEEDED, read_audit
-from pipelines.tables.schemas import EVENTS, TableSpec
+from pipelines.tables.schemas import EVENTS, USER_HISTORIES, TableSpec
 from pipelines.tables.store import TableStore, normalised_uri
 
 if TYPE_CHECKING:
@@ -39,14 +40,18 @@ class RunMode:
     incremental: bool
     reason: str
     previous_ds: str
+    previous_table_version: int | None = None  # the commit of the previous day's output built on
 
     @classmethod
     def full(cls, previous_ds: str, reason: str) -> RunMode:
         return cls(False, reason, previous_ds)
 
     def audit(self) -> dict[str, object]:
-        return {"mode": MODE_INCREMENTAL if self.incremental else MODE_FULL, "mode_reason": self.reason,
-                "previous_ds": self.previous_ds}
+        row: dict[str, object] = {"mode": MODE_INCREMENTAL if self.incremental else MODE_FULL,
+                                  "mode_reason": self.reason, "previous_ds": self.previous_ds}
+        if self.previous_table_version is not None:
+            row["previous_table_version"] = self.previous_table_version
+        return row
 
 
 def previous_ds(ds: str) -> str:
@@ -70,6 +75,34 @@ def previous_run(store: TableStore, job: str, ds: str, *, upstream: Sequence[str
     if last["job"] != job:
         return None, f"{last['job']} ran for the previous day {ds} after its last {job} run"
     return last, ""
+
+
+def copies_marked(store: TableStore, ds: str) -> bool:
+    """Whether the rows of ``user_histories(ds)`` with ``extracted_ds`` before ``ds`` are rows of
+    ``user_histories`` of the day before as its stages read them: the extraction of ``ds`` in
+    place was incremental, built on the previous day's extraction that is still in place.  Then
+    the other rows are those of the users with new events, and the later stages need not compare
+    the two days' histories to find them."""
+    now, _ = previous_run(store, EXTRACT_HISTORIES, ds, tables=[USER_HISTORIES.name])
+    before, _ = previous_run(store, EXTRACT_HISTORIES, previous_ds(ds), tables=[USER_HISTORIES.name])
+    if now is None or before is None or before["table_version"] is None:
+        return False
+    metrics = metrics_of(now)
+    return metrics.get("mode") == MODE_INCREMENTAL and metrics.get("previous_table_version") == before["table_version"]
+
+
+def kept_histories(histories: DataFrame, previous: DataFrame, *, ds: str, marked: bool,
+                   compare_seen: bool) -> DataFrame:
+    """(user_id) of the users with a history (``n > 0``) in ``histories`` (``user_histories(ds)``)
+    whose row equals theirs in ``previous`` (the day before): with ``marked`` (:func:`copies_marked`)
+    the rows copied from the day before, else those found equal by :func:`unchanged_histories` (a
+    join of the two days)."""
+    from pyspark.sql import functions as F
+
+    with_history = histories.where(F.col("n") > 0)
+    if marked:
+        return with_history.where(F.col("extracted_ds") != F.lit(ds)).select("user_id")
+    return unchanged_histories(with_history, previous, compare_seen=compare_seen)
 
 
 def metrics_of(row: Mapping[str, object]) -> Mapping[str, object]:

@@ -25,7 +25,7 @@ from pipelines.stages.context import (
     require_partition,
     timed,
 )
-from pipelines.stages.incremental import RunMode, previous_ds, previous_run, unchanged_histories
+from pipelines.stages.incremental import RunMode, copies_marked, kept_histories, previous_ds, previous_run
 from pipelines.tables.audit import AuditRecord, audited
 from pipelines.tables.schemas import USER_HISTORIES, USER_LINKS
 from pipelines.tables.store import CommitResult, WriteRequest
@@ -58,13 +58,12 @@ def infer_mode(ctx: RunContext, full: bool) -> RunMode:
     return RunMode(True, f"user_links of {prev} holds this model version's rows", prev)
 
 
-def _kept_users(ctx: RunContext, histories: DataFrame, prev: str) -> np.ndarray:
+def _kept_users(ctx: RunContext, histories: DataFrame, prev: str, marked: bool) -> np.ndarray:
     """Sorted ids of the users whose L_P of the previous day still holds: a history (n > 0) equal
-    to the previous day's, and a row in its user_links."""
-    from pyspark.sql import functions as F
-
-    same = unchanged_histories(histories.where(F.col("n") > 0),
-                               ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=False)
+    to the previous day's (``marked``: copied from it, :func:`copies_marked`), and a row in its
+    user_links."""
+    same = kept_histories(histories, ctx.store.read(USER_HISTORIES, partition={"ds": prev}), ds=ctx.ds,
+                          marked=marked, compare_seen=False)
     linked = ctx.store.read(USER_LINKS, partition={"ds": prev}).select("user_id")
     ids = same.join(linked, "user_id", "left_semi").toArrow().column("user_id")
     return np.sort(ids.to_numpy().astype(np.int64))
@@ -80,7 +79,9 @@ def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecor
     from pipelines.runtime.inference_task import inference_input, inference_task
     from pipelines.runtime.row_copy import copy_part
 
-    keep = timed(record, "find_changed_users", lambda: _kept_users(ctx, histories, prev))
+    marked = copies_marked(ctx.store, ctx.ds)
+    record.metrics["changed_users_by"] = "extracted_ds" if marked else "comparing histories"
+    keep = timed(record, "find_changed_users", lambda: _kept_users(ctx, histories, prev, marked))
     keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
     to_encode = histories.where(F.col("n") > 0).join(F.broadcast(keep_frame), "user_id", "left_anti")
     partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)

@@ -28,12 +28,13 @@ from pipelines.stages.context import (
 )
 from pipelines.stages.incremental import (
     RunMode,
+    copies_marked,
     files_fingerprint,
     first_difference,
+    kept_histories,
     metrics_of,
     previous_ds,
     previous_run,
-    unchanged_histories,
 )
 from pipelines.stages.scoring_plan import ScoringPlan, ScoringSizes, check_top_k, plan_scoring
 from pipelines.tables.audit import AuditRecord, audited
@@ -156,15 +157,18 @@ def score_mode(ctx: RunContext, cfg: ScoringConfig, signature: dict[str, object]
     return RunMode(True, f"the candidates and scoring settings are those of {prev}", prev)
 
 
-def _reuse_previous(ctx: RunContext, inputs: _ScoringInputs, prev: str, shipped: _Shipped) -> _ScoringInputs:
+def _reuse_previous(ctx: RunContext, record: AuditRecord, inputs: _ScoringInputs, prev: str,
+                    shipped: _Shipped) -> _ScoringInputs:
     """The inputs with only the users whose history or seen items changed left to score, and the
     part of the write that copies the others' lists of the previous day."""
     from pyspark.sql import functions as F
 
     from pipelines.runtime.row_copy import copy_part
 
-    same = unchanged_histories(inputs.histories.where(F.col("n") > 0),
-                               ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=True)
+    marked = copies_marked(ctx.store, ctx.ds)
+    record.metrics["changed_users_by"] = "extracted_ds" if marked else "comparing histories"
+    same = kept_histories(inputs.histories, ctx.store.read(USER_HISTORIES, partition={"ds": prev}), ds=ctx.ds,
+                          marked=marked, compare_seen=True)
     # a kept user without a list on the day before (no eligible candidate) has none today either
     keep = np.sort(same.toArrow().column("user_id").to_numpy().astype(np.int64))
     keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
@@ -319,7 +323,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig, *, full: bool = False) -> St
         try:
             if mode.incremental:
                 inputs = timed(record, "find_changed_users", lambda: _reuse_previous(
-                    ctx, inputs, mode.previous_ds, shipped))
+                    ctx, record, inputs, mode.previous_ds, shipped))
             _record_users(record, ctx, inputs)
             plan = _plan(ctx, cfg, inputs)
             record.metrics.update(plan.audit(), candidates=inputs.candidates)

@@ -141,11 +141,13 @@ USER_HISTORIES = TableSpec(
         _f("n", pa.int32()),
         _f("seen_item_ids", pa.list_(pa.field("element", pa.int64(), nullable=False))),
         _f("n_seen", pa.int32()),
+        _f("extracted_ds", pa.string()),
     ]),
     partition_by=("ds",),
     description="last N events per user up to the end of ds, oldest first, ids known to the model; "
                 "seen_item_ids: every distinct known item of the user's events up to ds (ascending), "
-                "the items the scorer excludes",
+                "the items the scorer excludes; extracted_ds: the day whose run computed the row from "
+                "events (before ds: an incremental run copied it unchanged from the day before)",
     # derived data: extract_histories rebuilds any day from events, so an old table is dropped, not migrated
     outdated_hint="; user_histories is derived data: drop the table (delete its folder) and re-run "
                   "extract-histories for the days you need (docs/operations.md, 'Upgrades')",

@@ -457,7 +457,8 @@ def test_user_links_of_another_model_version(spark, world: World, lake: DeltaRsS
 def test_histories_extracted_with_another_vocabulary(spark, world: World, lake: DeltaRsStore) -> None:
     ts = [at(3)]
     lake.write_arrow(pa.table({"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [ts], "n": [1],
-                               "seen_item_ids": [[1027]], "n_seen": [1]}, schema=USER_HISTORIES.schema),
+                               "seen_item_ids": [[1027]], "n_seen": [1], "extracted_ds": [DS]},
+                              schema=USER_HISTORIES.schema),
                      WriteRequest(USER_HISTORIES, "overwrite", "foreign-histories", partition={"ds": DS}))
     before = versions(lake)
     with pytest.raises(ModelVersionMismatchError, match=r"user_histories holds item_id 1027, unknown to the model "
@@ -469,21 +470,21 @@ def test_histories_extracted_with_another_vocabulary(spark, world: World, lake: 
 
 def test_user_histories_of_an_older_schema_are_refused_with_what_to_do(spark, world: World,
                                                                        lake: DeltaRsStore) -> None:
-    """user_histories written before seen_item_ids/n_seen existed: derived data, so the next
-    extract refuses it (before scanning events) and says to drop and rebuild it; so does a write."""
-    old = pa.schema([f for f in USER_HISTORIES.schema if f.name not in ("seen_item_ids", "n_seen")])
+    """user_histories written before seen_item_ids/n_seen and extracted_ds existed: derived data, so
+    the next extract refuses it (before scanning events) and says to drop and rebuild it; so does a write."""
+    old = pa.schema([f for f in USER_HISTORIES.schema if f.name not in ("seen_item_ids", "n_seen", "extracted_ds")])
     shutil.rmtree(lake.uri("user_histories"))
     write_deltalake(lake.uri("user_histories"), pa.table({"ds": [DS], "user_id": [1], "item_ids": [[1027]],
                                                           "ts": [[at(3)]], "n": [1]}, schema=old),
                     partition_by=["ds"])
     before = versions(lake)
-    hint = (r"missing column\(s\) \['n_seen', 'seen_item_ids'\]; user_histories is derived data: drop the table "
+    hint = (r"missing column\(s\) \['extracted_ds', 'n_seen', 'seen_item_ids'\]; user_histories is derived data: drop the table "
             r"\(delete its folder\) and re-run extract-histories")
     with pytest.raises(SchemaMismatchError, match=hint):
         extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
     assert_nothing_written(lake, before, SchemaMismatchError)
     row = {"ds": [DS], "user_id": [1], "item_ids": [[1027]], "ts": [[at(3)]], "n": [1], "seen_item_ids": [[1027]],
-           "n_seen": [1]}
+           "n_seen": [1], "extracted_ds": [DS]}
     with pytest.raises(SchemaMismatchError, match=hint):
         lake.write_arrow(pa.table(row, schema=USER_HISTORIES.schema),
                          WriteRequest(USER_HISTORIES, "overwrite", "after-upgrade", partition={"ds": DS}))

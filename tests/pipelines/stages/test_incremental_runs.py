@@ -38,11 +38,12 @@ K = 5
 KNOWN = 180  # the model knows the first 180 of the 200 items
 
 
-def run_day(spark, root: Path, ds: str, ckpt: Path, *, full: bool = False, allow_empty_ds: bool = False) -> dict:
+def run_day(spark, root: Path, ds: str, ckpt: Path, *, full: bool = False, allow_empty_ds: bool = False,
+            full_extract: bool = False) -> dict:
     """The four nightly stages of ``ds``; the audit metrics of each stage, by stage."""
     ctx = RunContext.open(spark, DeltaRsStore(spark, root), ds, f"run-{uuid.uuid4().hex[:8]}", str(ckpt))
     results = [
-        extract_histories(ctx, MAX_HISTORY, allow_empty_ds=allow_empty_ds, full=full),
+        extract_histories(ctx, MAX_HISTORY, allow_empty_ds=allow_empty_ds, full=full or full_extract),
         precompute_candidates(ctx),
         infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"), full=full),
         score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=K, candidate_block=64), full=full),
@@ -135,11 +136,16 @@ def test_a_day_of_new_events_runs_incrementally_and_equals_a_full_run(spark, bas
     assert_same_tables(inc, full, DAY1)
     for stage in ("extract_histories", "infer_user_links", "score_topk"):
         assert metrics[stage]["mode"] == "incremental", (stage, metrics[stage]["mode_reason"])
-    changed = history_changes(inc, DAY1, DAY0)
-    assert 40 <= changed <= 47  # the 40 + 5 users with known new items, the tie and the late event
-    assert metrics["infer_user_links"]["users_reinferred"] == changed
-    assert metrics["score_topk"]["users_rescored"] == history_changes(inc, DAY1, DAY0, seen=True)
+    assert 40 <= history_changes(inc, DAY1, DAY0) <= 47  # 40 + 5 users with known new items, the tie, the late event
     users_with_events = len({r[0] for r in rows} | {280, dup_user})
+    histories = partition(inc, "user_histories", DAY1, ["user_id"])
+    extracted = histories[histories.extracted_ds == DAY1]
+    assert len(extracted) == users_with_events and (histories.extracted_ds <= DAY1).all()
+    changed = int((extracted.n > 0).sum())  # the users with new events and a history: 5 have new unknown items only
+    assert history_changes(inc, DAY1, DAY0, seen=True) < changed == users_with_events
+    for stage, count in (("infer_user_links", "users_reinferred"), ("score_topk", "users_rescored")):
+        assert metrics[stage]["changed_users_by"] == "extracted_ds"
+        assert metrics[stage][count] == changed
     assert metrics["extract_histories"]["users_extracted"] == users_with_events
     assert metrics["extract_histories"]["users_reused"] + users_with_events == metrics["extract_histories"]["users"]
     # the late event and the duplicate are not newer than those users' histories: extracted again
@@ -178,6 +184,24 @@ def test_events_dated_after_the_previous_day_already_in_the_table_are_read(spark
     extract = metrics["extract_histories"]
     assert extract["mode"] == "incremental", extract["mode_reason"]
     assert (extract["users_extracted"], extract["users_rescanned"], extract["events_on_ds"]) == (3, 0, 3)
+
+
+def test_after_a_full_extraction_the_changed_users_are_found_by_comparing_histories(
+    spark, base: dict, tmp_path: Path,
+) -> None:
+    """A full extraction recomputes every row (extracted_ds = ds for all): the later stages compare
+    the two days' histories and still recompute only the users whose history changed."""
+    inc, full = copies(base, tmp_path)
+    rows = [(u, int(base["items"][u % KNOWN]), f"{DAY1} 08:00:00") for u in range(100, 110)]
+    for root in (inc, full):
+        append(spark, root, events(rows, DAY1))
+    metrics = run_day(spark, inc, DAY1, base["ckpt"], full_extract=True)
+    run_day(spark, full, DAY1, base["ckpt"], full=True)
+    assert_same_tables(inc, full, DAY1)
+    for stage, count in (("infer_user_links", "users_reinferred"), ("score_topk", "users_rescored")):
+        assert metrics[stage]["mode"] == "incremental", metrics[stage]["mode_reason"]
+        assert metrics[stage]["changed_users_by"] == "comparing histories"
+        assert metrics[stage][count] == history_changes(inc, DAY1, DAY0, seen=stage == "score_topk") == 10
 
 
 def test_a_missing_previous_day_falls_back_to_a_full_run_and_says_why(spark, base: dict, tmp_path: Path) -> None:

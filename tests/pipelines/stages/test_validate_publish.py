@@ -53,7 +53,7 @@ def _lakehouse(root: Path, recs: list[dict[str, object]], links_mv: str = MV) ->
     _write(store, ITEMS, [{"item_id": i, "title": f"item {i}"} for i in range(1, 7)], "items")
     _write(store, USER_HISTORIES, [
         {"ds": DS, "user_id": u, "item_ids": items, "ts": [TS] * len(items), "n": len(items),
-         "seen_item_ids": sorted(set(items)), "n_seen": len(set(items))}
+         "seen_item_ids": sorted(set(items)), "n_seen": len(set(items)), "extracted_ds": DS}
         for u, items in HISTORIES.items()], "histories")
     _write(store, USER_LINKS, [
         {"ds": DS, "model_version": links_mv, "user_id": u, "l_p": [0.0, 1.0]} for u in (1, 2)], "links")

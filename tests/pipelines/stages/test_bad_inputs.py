@@ -478,8 +478,8 @@ def test_user_histories_of_an_older_schema_are_refused_with_what_to_do(spark, wo
                                                           "ts": [[at(3)]], "n": [1]}, schema=old),
                     partition_by=["ds"])
     before = versions(lake)
-    hint = (r"missing column\(s\) \['extracted_ds', 'n_seen', 'seen_item_ids'\]; user_histories is derived data: drop the table "
-            r"\(delete its folder\) and re-run extract-histories")
+    hint = (r"missing column\(s\) \['extracted_ds', 'n_seen', 'seen_item_ids'\]; user_histories is derived data: "
+            r"drop the table \(delete its folder\) and re-run extract-histories")
     with pytest.raises(SchemaMismatchError, match=hint):
         extract_histories(open_ctx(spark, lake, world.ckpt), MAX_HISTORY)
     assert_nothing_written(lake, before, SchemaMismatchError)

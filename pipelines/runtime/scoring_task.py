@@ -242,23 +242,39 @@ class LinkFiles:
 
     seen: Broadcast[pa.Table] | None
     batch_rows: int = 8192
+    skip: Broadcast[np.ndarray] | None = None  # users not to score (incremental: their lists are copied)
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow.parquet as pq
-
         seen = None if self.seen is None else self.seen.value
         keys = None if seen is None else seen.column("user_id").combine_chunks()
         lists = None if seen is None else seen.column("seen").combine_chunks()
+        skip = None if self.skip is None else pa.array(self.skip.value, pa.int64())
         for batch in batches:
             for path in batch.column("path").to_pylist():
-                fs, where = pafs.FileSystem.from_uri(path)
-                with fs.open_input_file(where) as handle:
-                    for part in pq.ParquetFile(handle).iter_batches(self.batch_rows, columns=["user_id", "l_p"]):
-                        arrays, names = [part.column("user_id"), part.column("l_p")], ["user_id", "l_p"]
-                        if keys is not None and lists is not None:
-                            arrays.append(lists.take(pc.index_in(part.column("user_id"), value_set=keys)))
-                            names.append("seen")
-                        yield pa.RecordBatch.from_arrays(arrays, names=names)
+                for part in self._read(path, skip):
+                    arrays, names = [part.column("user_id"), part.column("l_p")], ["user_id", "l_p"]
+                    if keys is not None and lists is not None:
+                        arrays.append(lists.take(pc.index_in(part.column("user_id"), value_set=keys)))
+                        names.append("seen")
+                    yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+    def _read(self, path: str, skip: pa.Array | None) -> Iterator[pa.RecordBatch]:
+        """``user_id, l_p`` of the file's users not in ``skip``: a row group whose users are all
+        skipped is not decoded beyond its ``user_id`` column."""
+        import pyarrow.parquet as pq
+
+        fs, where = pafs.FileSystem.from_uri(path)
+        with fs.open_input_file(where) as handle:
+            parquet = pq.ParquetFile(handle)
+            if skip is None:
+                yield from parquet.iter_batches(self.batch_rows, columns=["user_id", "l_p"])
+                return
+            for group in range(parquet.metadata.num_row_groups):
+                ids = parquet.read_row_group(group, columns=["user_id"]).column("user_id")
+                wanted = pc.invert(pc.is_in(ids, value_set=skip))
+                if pc.any(wanted).as_py():
+                    rows = parquet.read_row_group(group, columns=["user_id", "l_p"]).filter(wanted)
+                    yield from rows.to_batches(max_chunksize=self.batch_rows)
 
 
 def link_file_rows(spark: SparkSession, files: Sequence[str]) -> DataFrame:

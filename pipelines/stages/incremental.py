@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from pipelines.stages.context import EXTRACT_HISTORIES
@@ -91,18 +92,24 @@ def copies_marked(store: TableStore, ds: str) -> bool:
     return metrics.get("mode") == MODE_INCREMENTAL and metrics.get("previous_table_version") == before["table_version"]
 
 
-def kept_histories(histories: DataFrame, previous: DataFrame, *, ds: str, marked: bool,
-                   compare_seen: bool) -> DataFrame:
-    """(user_id) of the users with a history (``n > 0``) in ``histories`` (``user_histories(ds)``)
-    whose row equals theirs in ``previous`` (the day before): with ``marked`` (:func:`copies_marked`)
-    the rows copied from the day before, else those found equal by :func:`unchanged_histories` (a
-    join of the two days)."""
+def copied_users(store: TableStore, ds: str) -> np.ndarray:
+    """Sorted ids of the users with a history (``n > 0``) whose ``user_histories(ds)`` row was
+    copied from the day before (``extracted_ds`` before ``ds``); read as Arrow on the driver, three
+    narrow columns.  Meaningful when :func:`copies_marked`."""
+    import pyarrow.compute as pc
+
+    rows = store.read_arrow(USER_HISTORIES, ["user_id", "n", "extracted_ds"], partition={"ds": ds})
+    copied = pc.and_(pc.greater(rows.column("n"), 0), pc.not_equal(rows.column("extracted_ds"), ds))
+    return np.sort(rows.column("user_id").filter(copied).to_numpy().astype(np.int64))
+
+
+def unchanged_users(histories: DataFrame, previous: DataFrame, *, compare_seen: bool) -> np.ndarray:
+    """Sorted ids of the users with a history (``n > 0``) in ``histories`` whose row equals theirs
+    in ``previous`` (:func:`unchanged_histories`, a Spark join of the two days)."""
     from pyspark.sql import functions as F
 
-    with_history = histories.where(F.col("n") > 0)
-    if marked:
-        return with_history.where(F.col("extracted_ds") != F.lit(ds)).select("user_id")
-    return unchanged_histories(with_history, previous, compare_seen=compare_seen)
+    same = unchanged_histories(histories.where(F.col("n") > 0), previous, compare_seen=compare_seen)
+    return np.sort(same.toArrow().column("user_id").to_numpy().astype(np.int64))
 
 
 def metrics_of(row: Mapping[str, object]) -> Mapping[str, object]:

@@ -25,7 +25,14 @@ from pipelines.stages.context import (
     require_partition,
     timed,
 )
-from pipelines.stages.incremental import RunMode, copies_marked, kept_histories, previous_ds, previous_run
+from pipelines.stages.incremental import (
+    RunMode,
+    copied_users,
+    copies_marked,
+    previous_ds,
+    previous_run,
+    unchanged_users,
+)
 from pipelines.tables.audit import AuditRecord, audited
 from pipelines.tables.schemas import USER_HISTORIES, USER_LINKS
 from pipelines.tables.store import CommitResult, WriteRequest
@@ -58,15 +65,18 @@ def infer_mode(ctx: RunContext, full: bool) -> RunMode:
     return RunMode(True, f"user_links of {prev} holds this model version's rows", prev)
 
 
-def _kept_users(ctx: RunContext, histories: DataFrame, prev: str, marked: bool) -> np.ndarray:
-    """Sorted ids of the users whose L_P of the previous day still holds: a history (n > 0) equal
-    to the previous day's (``marked``: copied from it, :func:`copies_marked`), and a row in its
-    user_links."""
-    same = kept_histories(histories, ctx.store.read(USER_HISTORIES, partition={"ds": prev}), ds=ctx.ds,
-                          marked=marked, compare_seen=False)
-    linked = ctx.store.read(USER_LINKS, partition={"ds": prev}).select("user_id")
-    ids = same.join(linked, "user_id", "left_semi").toArrow().column("user_id")
-    return np.sort(ids.to_numpy().astype(np.int64))
+def _kept_users(ctx: RunContext, histories: DataFrame, prev: str, marked: bool) -> tuple[np.ndarray, bool]:
+    """(sorted ids of the users whose L_P of the previous day still holds: a history (n > 0) equal
+    to the previous day's and a row in its user_links; whether they are exactly the users whose
+    history row was copied, ``marked`` (:func:`copies_marked`), so that the others are the rows
+    marked ``extracted_ds = ds``)."""
+    linked = ctx.store.read_arrow(USER_LINKS, ["user_id"], partition={"ds": prev}).column("user_id").to_numpy()
+    if marked:
+        copied = copied_users(ctx.store, ctx.ds)
+        keep = copied[np.isin(copied, linked)]
+        return keep, len(keep) == len(copied)
+    same = unchanged_users(histories, ctx.store.read(USER_HISTORIES, partition={"ds": prev}), compare_seen=False)
+    return same[np.isin(same, linked)], False
 
 
 def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord, histories: DataFrame,
@@ -81,9 +91,12 @@ def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecor
 
     marked = copies_marked(ctx.store, ctx.ds)
     record.metrics["changed_users_by"] = "extracted_ds" if marked else "comparing histories"
-    keep = timed(record, "find_changed_users", lambda: _kept_users(ctx, histories, prev, marked))
+    keep, by_mark = timed(record, "find_changed_users", lambda: _kept_users(ctx, histories, prev, marked))
     keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
-    to_encode = histories.where(F.col("n") > 0).join(F.broadcast(keep_frame), "user_id", "left_anti")
+    if by_mark:  # a filter the Parquet reader applies to the files' statistics: the copied rows are not read
+        to_encode = histories.where((F.col("n") > 0) & (F.col("extracted_ds") == F.lit(ctx.ds)))
+    else:
+        to_encode = histories.where(F.col("n") > 0).join(F.broadcast(keep_frame), "user_id", "left_anti")
     partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
     copy = copy_part(ctx.spark, USER_LINKS, file_list_exact=ctx.store.file_list_exact,
                      files=ctx.store.file_uris(USER_LINKS, partition={"ds": prev}),

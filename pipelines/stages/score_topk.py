@@ -28,13 +28,14 @@ from pipelines.stages.context import (
 )
 from pipelines.stages.incremental import (
     RunMode,
+    copied_users,
     copies_marked,
     files_fingerprint,
     first_difference,
-    kept_histories,
     metrics_of,
     previous_ds,
     previous_run,
+    unchanged_users,
 )
 from pipelines.stages.scoring_plan import ScoringPlan, ScoringSizes, check_top_k, plan_scoring
 from pipelines.tables.audit import AuditRecord, audited
@@ -98,6 +99,8 @@ class _ScoringInputs:
     to_score: DataFrame  # the rows of user_links(ds) to score (incremental: the changed users')
     copy: tuple[DataFrame, ArrowTask] | None = None  # incremental: writes the other users' lists of the day before
     reused_users: int = 0
+    kept: DataFrame | None = None  # incremental: (user_id) of the users whose lists are copied
+    skip: Broadcast[np.ndarray] | None = None  # the same ids, for tasks that read user_links files
 
 
 def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
@@ -167,17 +170,18 @@ def _reuse_previous(ctx: RunContext, record: AuditRecord, inputs: _ScoringInputs
 
     marked = copies_marked(ctx.store, ctx.ds)
     record.metrics["changed_users_by"] = "extracted_ds" if marked else "comparing histories"
-    same = kept_histories(inputs.histories, ctx.store.read(USER_HISTORIES, partition={"ds": prev}), ds=ctx.ds,
-                          marked=marked, compare_seen=True)
     # a kept user without a list on the day before (no eligible candidate) has none today either
-    keep = np.sort(same.toArrow().column("user_id").to_numpy().astype(np.int64))
+    keep = (copied_users(ctx.store, ctx.ds) if marked else
+            unchanged_users(inputs.histories, ctx.store.read(USER_HISTORIES, partition={"ds": prev}),
+                            compare_seen=True))
     keep_frame = ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())}))
+    shipped_keep = shipped.broadcast(ctx, keep)
     copy = copy_part(ctx.spark, RECOMMENDATIONS, file_list_exact=ctx.store.file_list_exact,
                      files=ctx.store.file_uris(RECOMMENDATIONS, partition={"ds": prev}),
                      previous=ctx.store.read(RECOMMENDATIONS, partition={"ds": prev}),
-                     partition={"ds": ctx.ds}, keep=shipped.broadcast(ctx, keep), keep_frame=keep_frame)
+                     partition={"ds": ctx.ds}, keep=shipped_keep, keep_frame=keep_frame)
     return dataclasses.replace(inputs, to_score=inputs.links.join(F.broadcast(keep_frame), "user_id", "left_anti"),
-                               copy=copy, link_files=[], reused_users=len(keep))
+                               copy=copy, reused_users=len(keep), kept=keep_frame, skip=shipped_keep)
 
 
 def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
@@ -248,7 +252,8 @@ def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, input
         if cfg.exclude_seen and seen_lists is not None:
             seen_table = shipped.broadcast(ctx, seen_lists.select(["user_id", "seen_item_ids"])
                                            .rename_columns(["user_id", "seen"]))
-        return _Scoring(s.link_file_rows(ctx.spark, inputs.link_files), s.LinkFiles(seen_table), seen_lists, None)
+        reader = s.LinkFiles(seen_table, skip=inputs.skip)
+        return _Scoring(s.link_file_rows(ctx.spark, inputs.link_files), reader, seen_lists, None)
     seen = inputs.histories.select("user_id", F.col("seen_item_ids").alias("seen"))
     users = inputs.to_score.select("user_id", "l_p").join(F.broadcast(seen) if plan.seen_broadcast else seen,
                                                        "user_id", "left")
@@ -260,6 +265,21 @@ def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, input
         listed = user_candidates.join(inputs.links.select("user_id"), "user_id", "left_semi").count()
         record.count("users_with_own_candidates", listed)
     return _Scoring(users.repartition(plan.scoring_partitions), None, seen_lists, user_candidates)
+
+
+def _gated_rows(record: AuditRecord, staged: DataFrame, inputs: _ScoringInputs) -> tuple[DataFrame, DataFrame]:
+    """(recommendations, user_histories) rows the gate checks before the commit: the recomputed
+    users' only when the other lists are copied (they passed the previous day's gate with the
+    same L_P, seen items, candidates and settings; validate-publish gates the whole partition
+    before it is published)."""
+    from pyspark.sql import functions as F
+
+    if inputs.kept is None:
+        record.metrics["gate_scope"] = "all users"
+        return staged, inputs.histories
+    record.metrics["gate_scope"] = "recomputed users"
+    kept = F.broadcast(inputs.kept)
+    return staged.join(kept, "user_id", "left_anti"), inputs.histories.join(kept, "user_id", "left_anti")
 
 
 def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord, recs: DataFrame,
@@ -277,9 +297,9 @@ def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord,
                                    metadata={"model_version": ctx.model_version, "top_k": cfg.top_k})
             extra = [] if inputs.copy is None else [inputs.copy]
             staged = timed(record, "score", lambda: ctx.store.stage(recs, request, extra=extra))
-            frame = staged.frame
+            frame, histories = _gated_rows(record, staged.frame, inputs)
             report = timed(record, "gate", lambda: check_recommendations(
-                frame, inputs.histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
+                frame, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
                 exclude_seen=cfg.exclude_seen, user_links=inputs.links, user_candidates=user_candidates,
                 catalogue_size=len(candidate_ids), link_versions=inputs.versions,
                 largest_seen=inputs.largest_seen))

@@ -116,6 +116,27 @@ def test_link_files_stream_each_file_with_its_users_seen_lists(tmp_path) -> None
     assert plain.column_names == ["user_id", "l_p"] and plain.num_rows == 4
 
 
+def test_link_files_leave_out_the_skipped_users_and_their_row_groups(tmp_path) -> None:
+    """Incremental scoring: the users whose lists are copied are not read; a row group of only
+    such users is not decoded beyond user_id."""
+    import pyarrow.parquet as pq
+
+    users = list(range(10))
+    table = pa.table({"user_id": pa.array(users, pa.int64()),
+                      "l_p": pa.array([[float(u)] * 2 for u in users], pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "links.parquet", row_group_size=4)  # groups 0-3, 4-7, 8-9
+
+    class Skip:
+        value = np.array([0, 1, 2, 3, 5, 9], np.int64)
+
+    tasks = [pa.RecordBatch.from_pydict({"path": [(tmp_path / "links.parquet").as_uri()]})]
+    batches = list(LinkFiles(None, batch_rows=2, skip=Skip())(iter(tasks)))
+    out = pa.Table.from_batches(batches)
+    assert out.column("user_id").to_pylist() == [4, 6, 7, 8]
+    assert out.column("l_p").to_pylist() == [[4.0] * 2, [6.0] * 2, [7.0] * 2, [8.0] * 2]
+    assert [b.num_rows for b in batches] == [2, 1, 1]  # batch_rows holds; nothing from the first group
+
+
 @pytest.mark.spark
 def test_popularity_list_from_arrow_equals_the_spark_count(spark) -> None:
     # ties on count (1 and 4 both twice) break by item id; 99 is not a candidate; 8 never seen fills in

@@ -132,8 +132,9 @@ def test_a_day_of_new_events_runs_incrementally_and_equals_a_full_run(spark, bas
         append(spark, root, events(rows, DAY1))
         append(spark, root, pa.concat_tables([late, dup]))
     metrics = run_day(spark, inc, DAY1, base["ckpt"])
-    run_day(spark, full, DAY1, base["ckpt"], full=True)
+    full_metrics = run_day(spark, full, DAY1, base["ckpt"], full=True)
     assert_same_tables(inc, full, DAY1)
+    assert full_metrics["score_topk"]["gate_scope"] == "all users"
     for stage in ("extract_histories", "infer_user_links", "score_topk"):
         assert metrics[stage]["mode"] == "incremental", (stage, metrics[stage]["mode_reason"])
     assert 40 <= history_changes(inc, DAY1, DAY0) <= 47  # 40 + 5 users with known new items, the tie, the late event
@@ -146,6 +147,10 @@ def test_a_day_of_new_events_runs_incrementally_and_equals_a_full_run(spark, bas
     for stage, count in (("infer_user_links", "users_reinferred"), ("score_topk", "users_rescored")):
         assert metrics[stage]["changed_users_by"] == "extracted_ds"
         assert metrics[stage][count] == changed
+    score = metrics["score_topk"]  # the gate before the commit checks the recomputed lists only
+    assert score["gate_scope"] == "recomputed users" and score["quality"]["passed"]
+    assert score["scoring_input"] == "link_files"  # the tasks read L_P from the files, the copied users left out
+    assert score["quality"]["users"] == score["users_rescored"] + score["users_popular"]
     assert metrics["extract_histories"]["users_extracted"] == users_with_events
     assert metrics["extract_histories"]["users_reused"] + users_with_events == metrics["extract_histories"]["users"]
     # the late event and the duplicate are not newer than those users' histories: extracted again

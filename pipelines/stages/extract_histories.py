@@ -13,12 +13,9 @@ forces.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 from pipelines.errors import PartitionNotFoundError
-from pipelines.runtime.row_copy import pass_through
 from pipelines.stages import history_extension as x
 from pipelines.stages import history_transforms as h
 from pipelines.stages.context import EXTRACT_HISTORIES, RunContext, StageResult, already_done, finish, timed
@@ -33,14 +30,10 @@ from pipelines.stages.incremental import (
 )
 from pipelines.tables.audit import AuditRecord, audited
 from pipelines.tables.schemas import EVENTS, USER_HISTORIES
-from pipelines.tables.store import CommitResult, WriteRequest
+from pipelines.tables.store import WriteRequest
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-    from pipelines.tables.store import ArrowTask
-
-    WritePart = tuple[DataFrame, ArrowTask]
 
 
 def require_events_on_ds(ctx: RunContext, events_on_ds: int) -> None:
@@ -146,25 +139,13 @@ def _record_counts(record: AuditRecord, drops: dict[str, int], kept: dict[str, i
     return counts["users"]
 
 
-def _copy_unchanged(ctx: RunContext, prev: str, changed: DataFrame) -> tuple[tuple[DataFrame, ArrowTask], int]:
-    """The part of the write that copies the previous day's rows of the users without unread
-    events into ``ds`` (their ``extracted_ds`` kept), and how many (:mod:`pipelines.runtime.row_copy`:
-    the writing tasks read the files themselves when the engine allows it)."""
-    import numpy as np
-    import pyarrow as pa
+def _reused_rows(ctx: RunContext, prev: str, changed: DataFrame) -> DataFrame:
+    """The previous day's rows of the users without a change, as rows of ``ds``."""
+    from pyspark.sql import functions as F
 
-    from pipelines.runtime.row_copy import copy_part
-
-    previous = ctx.store.read_arrow(USER_HISTORIES, ["user_id"], partition={"ds": prev}).column("user_id")
-    changed_ids = changed.toArrow().column("user_id").to_numpy()
-    ids = previous.to_numpy()
-    keep = np.sort(ids[~np.isin(ids, changed_ids)]).astype(np.int64)
-    copy = copy_part(ctx.spark, USER_HISTORIES, file_list_exact=ctx.store.file_list_exact,
-                     files=ctx.store.file_uris(USER_HISTORIES, partition={"ds": prev}),
-                     previous=ctx.store.read(USER_HISTORIES, partition={"ds": prev}), partition={"ds": ctx.ds},
-                     keep=ctx.spark.sparkContext.broadcast(keep),
-                     keep_frame=ctx.spark.createDataFrame(pa.table({"user_id": pa.array(keep, pa.int64())})))
-    return copy, len(keep)
+    previous = ctx.store.read(USER_HISTORIES, partition={"ds": prev})
+    return (previous.join(changed, "user_id", "left_anti").withColumn("ds", F.lit(ctx.ds))
+            .select(*USER_HISTORIES.schema.names))
 
 
 def _events_version(ctx: RunContext) -> int:
@@ -195,11 +176,10 @@ def _full_histories(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, 
 
 def _incremental_histories(ctx: RunContext, record: AuditRecord, cfg: h.HistoryConfig, change: EventsChange,
                            prev: str, allow_empty_ds: bool, frames: list[DataFrame],
-                           ) -> tuple[list[WritePart], int, int]:
+                           ) -> tuple[DataFrame, int, int]:
     """The previous day's histories, those of the users with unread events extended with them
     (:mod:`pipelines.stages.history_extension`; a user with a late event older than their
-    history's newest is extracted again from all their events), the others copied: (the write's
-    parts, users, event rows read)."""
+    history's newest is extracted again from all their events): (rows, users, event rows read)."""
     from pyspark.sql import functions as F
 
     flagged = _persisted(frames, h.flag_events(unread_events(ctx, cfg, change, prev), cfg))
@@ -214,9 +194,9 @@ def _incremental_histories(ctx: RunContext, record: AuditRecord, cfg: h.HistoryC
         late = _persisted(frames, joined.where(~F.col(x.EXTENDABLE)).select("user_id"))
         rescanned, _ = _scan_events(ctx, record, cfg, change.version, late, True, frames, "rescan_events")
         histories = histories.unionByName(h.to_histories(h.user_event_lists(rescanned, ctx.vocabulary(), cfg), cfg))
-    copy, reused = timed(record, "find_reused", lambda: _copy_unchanged(ctx, prev, joined.select("user_id")))
-    parts = [(histories.select(*USER_HISTORIES.schema.names), pass_through), copy]
-    return parts, _record_counts(record, drops, kept, reused), drops["events_read"]
+    carried = _reused_rows(ctx, prev, joined.select("user_id"))
+    reused = timed(record, "count_reused", carried.count)
+    return histories.unionByName(carried), _record_counts(record, drops, kept, reused), drops["events_read"]
 
 
 def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool = False,
@@ -241,23 +221,20 @@ def extract_histories(ctx: RunContext, max_history: int, *, allow_empty_ds: bool
         mode, change = extract_mode(ctx, max_history, version, full)
         record.metrics.update(mode.audit())
         frames: list[DataFrame] = []
-        request = WriteRequest(USER_HISTORIES, "overwrite", app_id, partition={"ds": ctx.ds},
-                               metadata={"model_version": ctx.model_version, "max_history": max_history})
         try:
-            write: Callable[[], CommitResult]
             if change is None:
-                rows, users, read = _full_histories(ctx, record, cfg, version, allow_empty_ds, frames)
-                write = partial(ctx.store.write, rows, request)
+                histories, users, read = _full_histories(ctx, record, cfg, version, allow_empty_ds, frames)
             else:
-                parts, users, read = _incremental_histories(ctx, record, cfg, change, mode.previous_ds,
-                                                            allow_empty_ds, frames)
-                write = partial(ctx.store.write_mapped_parts, parts, request)
+                histories, users, read = _incremental_histories(ctx, record, cfg, change, mode.previous_ds,
+                                                                allow_empty_ds, frames)
             if users == 0:
                 raise PartitionNotFoundError(
                     "events", {"event_date": f"<= {ctx.ds}"},
                     hint=f" with usable ids up to the end of ds={ctx.ds} ({read} row(s) read)",
                 )
-            commit = timed(record, "write", write)
+            request = WriteRequest(USER_HISTORIES, "overwrite", app_id, partition={"ds": ctx.ds},
+                                   metadata={"model_version": ctx.model_version, "max_history": max_history})
+            commit = timed(record, "write", lambda: ctx.store.write(histories, request))
         finally:
             for frame in frames:
                 frame.unpersist()

@@ -3,11 +3,13 @@
     python benchmarks/incremental.py [--users 200000 --items 50000 --active 0.05] [--quick]
 
 Synthetic events over 30 days, day 30 run in full; then one more day on which ``--active`` of
-the users have events (3 on average, at random items and times of the day).  The lakehouse is
-copied, and that day runs with ``full=True`` on one copy and incrementally on the other, in the
-same Spark session (``local[2]``), the four nightly stages each.  The tables of both runs are
-compared: ``user_histories`` equal, ``user_links`` and ``recommendations`` the same rows with
-values within 1e-5 (``identical_to_full``).  Writes ``benchmarks/results/incremental.json``
+the users have events (3 on average, at random items and times of the day).  Then ``--rounds``
+times (default 3): the lakehouse is copied twice, and that day runs with ``full=True`` on one
+copy and incrementally on the other, in the same Spark session (``local[2]``), the four nightly
+stages each; ``full_s``, ``incremental_s`` and the stages' seconds are the medians over the
+rounds, ``speedup`` their ratio (each round's ratio in ``speedup_runs``).  The tables of each
+pair are compared: ``user_histories`` equal, ``user_links`` and ``recommendations`` the same
+rows with values within 1e-5 (``identical_to_full``: every round).  Writes ``benchmarks/results/incremental.json``
 (``incremental-quick.json`` with ``--quick``).
 """
 
@@ -161,7 +163,27 @@ def build_day0(spark: Any, root: Path, users: int, items: int, seed: int) -> tup
     return ckpt, item_ids(items), day0["seconds_total"], int(written.events.rows or 0)
 
 
-def measure(spark: Any, tmp: Path, users: int, items: int, active: float, seed: int) -> dict[str, Any]:
+def run_pair(spark: Any, base: Path, tmp: Path, ckpt: str, rep: int) -> tuple[dict, dict, list[str], set[int]]:
+    """Day 1 in full and incrementally, each on its own copy of ``base``: (full, incremental,
+    differences, users changed)."""
+    full_root, inc_root = (Path(shutil.copytree(base, tmp / f"{name}-{rep}")) for name in ("full", "inc"))
+    full = run_day(spark, full_root, DAY1, ckpt, full=True)
+    inc = run_day(spark, inc_root, DAY1, ckpt, full=False)
+    log(f"round {rep}: full {full['seconds_total']:.1f} s, incremental {inc['seconds_total']:.1f} s")
+    diff, changed = differences(inc_root, full_root, DAY1), changed_users(inc_root)
+    if rep == 0:
+        inc["pointers"] = {t: reusable_files(inc_root, t, changed) for t in ("user_links", "recommendations")}
+    shutil.rmtree(full_root)
+    shutil.rmtree(inc_root)
+    return full, inc, diff, changed
+
+
+def median_stages(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {stage: round(float(np.median([r["seconds"][stage] for r in runs])), 2) for stage in STAGES}
+
+
+def measure(spark: Any, tmp: Path, users: int, items: int, active: float, seed: int,
+            rounds: int) -> dict[str, Any]:
     from pipelines.tables.delta_rs import DeltaRsStore
     from pipelines.tables.schemas import EVENTS
     from pipelines.tables.store import WriteRequest
@@ -170,24 +192,24 @@ def measure(spark: Any, tmp: Path, users: int, items: int, active: float, seed: 
     ckpt, ids, day0_s, events = build_day0(spark, base, users, items, seed)
     extra = day1_events(users, ids, active, seed + 1)
     DeltaRsStore(spark, base).write_arrow(extra, WriteRequest(EVENTS, "append", f"bench:{DAY1}:events"))
-    full_root = Path(shutil.copytree(base, tmp / "full"))
-    log(f"day {DAY1}: {extra.num_rows} events of {len(set(extra.column('user_id').to_pylist()))} users; full run")
-    full = run_day(spark, full_root, DAY1, ckpt, full=True)
-    log(f"full run {full['seconds_total']:.1f} s; incremental run")
-    inc = run_day(spark, base, DAY1, ckpt, full=False)
-    diff = differences(base, full_root, DAY1)
-    changed = changed_users(base)
-    pointers = {t: reusable_files(base, t, changed) for t in ("user_links", "recommendations")}
+    log(f"day {DAY1}: {extra.num_rows} events of {len(set(extra.column('user_id').to_pylist()))} users; "
+        f"{rounds} round(s) of a full and an incremental run")
+    pairs = [run_pair(spark, base, tmp, ckpt, rep) for rep in range(rounds)]
+    fulls, incs = [p[0]["seconds_total"] for p in pairs], [p[1]["seconds_total"] for p in pairs]
+    diff = sorted({d for p in pairs for d in p[2]})
+    full_s, inc_s = float(np.median(fulls)), float(np.median(incs))
     return {
         "users": users, "items": items, "active_fraction": active, "days": 31, "events_before": events,
         "events_day1": extra.num_rows, "model": MODEL, "top_k": K, "day0_full_s": round(day0_s, 2),
-        "full_s": round(full["seconds_total"], 2), "incremental_s": round(inc["seconds_total"], 2),
-        "speedup": round(full["seconds_total"] / inc["seconds_total"], 2),
-        "identical_to_full": not diff, "differences": diff, "users_changed": len(changed),
-        "reusable_file_share": pointers,
-        "stages_full_s": {k: round(v, 2) for k, v in full["seconds"].items()},
-        "stages_incremental_s": {k: round(v, 2) for k, v in inc["seconds"].items()},
-        "audit_full": full["audit"], "audit_incremental": inc["audit"],
+        "rounds": rounds, "full_s": round(full_s, 2), "incremental_s": round(inc_s, 2),
+        "speedup": round(full_s / inc_s, 2),
+        "full_runs_s": [round(x, 2) for x in fulls], "incremental_runs_s": [round(x, 2) for x in incs],
+        "speedup_runs": [round(f / i, 2) for f, i in zip(fulls, incs, strict=True)],
+        "identical_to_full": not diff, "differences": diff, "users_changed": len(pairs[0][3]),
+        "reusable_file_share": pairs[0][1]["pointers"],
+        "stages_full_s": median_stages([p[0] for p in pairs]),
+        "stages_incremental_s": median_stages([p[1] for p in pairs]),
+        "audit_full": pairs[-1][0]["audit"], "audit_incremental": pairs[-1][1]["audit"],
     }
 
 
@@ -197,17 +219,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--active", type=float, default=0.05, help="share of users with events on the new day")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="full + incremental pairs; medians reported")
     parser.add_argument("--quick", action="store_true", help="2,000 users x 1,000 items (a smoke run)")
     args = parser.parse_args(argv)
     if not 0 < args.active <= 1:
         parser.error(f"--active must be in (0, 1], got {args.active}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     users, items = (2_000, 1_000) if args.quick else (args.users, args.items)
     from benchmarks.pipeline_throughput import session
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     spark = session()
     with tempfile.TemporaryDirectory(prefix="lime-bench-incremental-") as tmp:
-        result, seconds = timed(lambda: measure(spark, Path(tmp), users, items, args.active, args.seed))
+        result, seconds = timed(lambda: measure(spark, Path(tmp), users, items, args.active, args.seed,
+                                                args.rounds))
     spark.stop()
     payload = {"started": started, "machine": machine(), "spark_master": "local[2]", **result,
                "bench_seconds": round(seconds, 1)}

@@ -123,7 +123,8 @@ def incremental_tables(data: dict) -> str:
         rounds = (f"medians of {data['rounds']} rounds (full {data['full_runs_s']} s, incremental "
                   f"{data['incremental_runs_s']} s, speedup {data['speedup_runs']}); ")
     return "\n".join(lines) + (
-        f"\n\n{rounds}{data['users']:,} users x {data['items']:,} items, {data['events_before']:,} events over 30 days; "
+        f"\n\n{rounds}{data['users']:,} users x {data['items']:,} items, "
+        f"{data['events_before']:,} events over 30 days; "
         f"day 31: {data['events_day1']:,} events of {data['active_fraction']:.0%} of the users; "
         f"re-extracted {audit['extract_histories']['users_extracted']:,}, re-inferred "
         f"{audit['infer_user_links']['users_reinferred']:,}, rescored {audit['score_topk']['users_rescored']:,}; "

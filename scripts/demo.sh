@@ -108,7 +108,7 @@ lake, ds, users = sys.argv[1], sys.argv[2], [int(u) for u in sys.argv[3:]]
 def read(table: str, **partition: str) -> pd.DataFrame:
     """The table's (or one partition's) data columns, read from its files with pyarrow."""
     filters = [(k, "=", v) for k, v in partition.items()] or None
-    return pads.dataset(DeltaTable(f"{lake}/{table}").file_uris(partition_filters=filters),
+    return pads.dataset(DeltaTable(f"{lake}/{table}").file_uris(file_pruning_predicate=filters),
                         format="parquet").to_table().to_pandas()
 
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--dropout", type=float, default=None)
     tuning.add_argument("--time-gaps", action=argparse.BooleanOptionalAction, default=None,
                         dest="use_time_gaps", help="add the time-gap embedding to history tokens")
+    tuning.add_argument("--newest-to-links", action=argparse.BooleanOptionalAction, default=None,
+                        help="LIME models: add the newest history token to every link before L_P's LayerNorm")
     tuning.add_argument("--lr", type=_positive(float), default=None)
     tuning.add_argument("--weight-decay", type=float, default=None)
     tuning.add_argument("--batch-size", type=_positive(int), default=None)
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, train_cfg = default_configs(
             args.model, vocab.num_indices, epochs=args.epochs, seed=args.seed, d_model=args.d_model,
             n_heads=args.n_heads, n_links=args.n_links, n_layers=args.n_layers, max_history=args.max_history,
-            dropout=args.dropout, use_time_gaps=args.use_time_gaps, lr=args.lr, weight_decay=args.weight_decay,
+            dropout=args.dropout, use_time_gaps=args.use_time_gaps, newest_to_links=args.newest_to_links,
+            lr=args.lr, weight_decay=args.weight_decay,
             batch_size=args.batch_size, prefixes_per_user=args.prefixes_per_user, target_window=args.target_window,
             num_negatives=args.num_negatives, valid_users=args.valid_users, cpu_budget_s=budget)
         log.info("training %s: %s; %s", args.model, model_cfg, train_cfg)

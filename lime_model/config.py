@@ -35,6 +35,10 @@ class ModelConfig:
                      causal when every position is trained.  The encoder then needs timestamps.
     time_gap_buckets: number of log2 buckets (bucket b holds gaps in ``[2^b - 1, 2^(b+1) - 1)`` s,
                      the last bucket holds everything longer).
+    newest_to_links: LIME models: add the newest history token (its state after the XOR blocks) to
+                     every link before the final LayerNorm, ``L_P = LayerNorm(X_L + x_newest)``, as
+                     SASRec's user vector is the newest position's residual stream.  False (the
+                     paper's ``L_P = LayerNorm(X_L)``) for checkpoints stored without the field.
     """
 
     model: str
@@ -47,6 +51,7 @@ class ModelConfig:
     dropout: float = 0.1
     use_time_gaps: bool = False
     time_gap_buckets: int = 32
+    newest_to_links: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -67,8 +72,12 @@ class ModelConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ModelConfigError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.use_time_gaps, bool):
-            raise ModelConfigError(f"use_time_gaps must be a bool, got {self.use_time_gaps!r}")
+        for name in ("use_time_gaps", "newest_to_links"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.newest_to_links and self.model not in LIME_KINDS:
+            raise ModelConfigError(f"newest_to_links is a setting of the link models {list(LIME_KINDS)}, "
+                                   f"not of {self.model!r}")
 
     @property
     def head_dim(self) -> int:

@@ -293,6 +293,11 @@ class RoutingLinear(nn.Linear):
     at unit gain rather than the blocks' small scale (:func:`init_module`)."""
 
 
+class IdentityLinear(nn.Linear):
+    """A square map on the scoring path (the link values ``V``, the output ``W_o``), initialised at
+    the identity (:func:`init_module`)."""
+
+
 class LimeModel(nn.Module):
     """LIME-XOR (``cfg.model == "lime-xor"``) or LIME-MHA (``"lime-mha"``).
 
@@ -320,8 +325,8 @@ class LimeModel(nn.Module):
         self.cand_query = RoutingLinear(d, d, bias=False)
         self.link_norm = nn.LayerNorm(d)
         self.link_key = RoutingLinear(d, d, bias=False)
-        self.value = nn.Linear(d, d)
-        self.out = nn.Linear(d, d)
+        self.value = IdentityLinear(d, d)
+        self.out = IdentityLinear(d, d)
         self.item_bias = nn.Parameter(torch.zeros(cfg.num_items))
         init_weights(self)
 
@@ -339,6 +344,10 @@ class LimeModel(nn.Module):
         x_l = self.links[None]  # (1, ell, d): identical for every user until the first block
         for block in self.blocks:
             x_l, x_e = block(x_l, x_e, key_mask)  # (B, ell, d), (B, n, d)
+        if self.cfg.newest_to_links:
+            # Right-aligned: the last column is every row's newest item.  Its residual stream gives the
+            # links what SASRec's user vector has, the item just bought (docs/model.md).
+            x_l = x_l + x_e[:, -1:]  # (B, ell, d)
         return self.final_norm(x_l)  # (B, ell, d)
 
     def link_values(self, l_p: Tensor) -> Tensor:
@@ -529,11 +538,19 @@ def init_weights(model: nn.Module) -> None:
 
 
 def init_module(module: nn.Module) -> None:
-    """Unit-gain embeddings, links and candidate routing maps; small normal block projections;
-    zero biases; unit LayerNorms; the padding row of an item table stays zero.  Only the module's
-    own parameters (not its children's)."""
+    """Unit-gain embeddings, links and candidate routing maps; identity value and output maps; small
+    normal block projections; zero biases; unit LayerNorms; the padding row of an item table stays
+    zero.  Only the module's own parameters (not its children's)."""
     with torch.no_grad():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, IdentityLinear):
+            # At the identity a candidate's score starts as the dot product of its embedding with the
+            # links it routes to, as SASRec's with its user vector: the item embeddings learn
+            # item-to-item structure from the first step instead of through two near-zero maps
+            # (docs/model.md, "How the defaults were chosen").
+            nn.init.eye_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             # RoutingLinear: O(1) link logits from the start, so candidates route to different links early.
             nn.init.normal_(module.weight, std=module.in_features ** -0.5 if isinstance(module, RoutingLinear)
                             else 0.02)

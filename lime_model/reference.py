@@ -42,6 +42,9 @@ def dense_encode_links(model: LimeModel, history: Tensor, timestamps: Tensor | N
     allowed = link_mask(cfg.n_links, valid, xor=cfg.model == "lime-xor")  # (B, T, T)
     updated = allowed.any(-1)  # (B, T): rows with no visible key keep their input (MHA history)
     for block in model.link_blocks():
+        # after the loop: the newest history token before the last block, which the fast encoder
+        # never updates (its history update would feed nothing)
+        newest = x[:, -1:]  # (B, 1, d)
         u, q, k, v = block.project(x)  # (B, T, d) x 4
         q, k, v = block.heads(q), block.heads(k), block.heads(v)  # (B, H, T, d_h)
         logits = q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim)  # (B, H, T, T)
@@ -49,4 +52,5 @@ def dense_encode_links(model: LimeModel, history: Tensor, timestamps: Tensor | N
         probs = torch.nan_to_num(logits.softmax(dim=-1), nan=0.0)  # rows with no key -> 0
         new_x = block.output(x, u, block.merge(probs @ v))  # (B, T, d)
         x = torch.where(updated[..., None], new_x, x)
-    return model.final_norm(x[:, : cfg.n_links])  # (B, ell, d)
+    links = x[:, : cfg.n_links]  # (B, ell, d)
+    return model.final_norm(links + newest if cfg.newest_to_links else links)  # (B, ell, d)

@@ -19,7 +19,7 @@ def encoder_cases(draw: st.DrawFn) -> tuple[dict[str, object], list[list[int]], 
     heads = draw(st.sampled_from([1, 2, 4]))
     cfg = {"d_model": heads * draw(st.sampled_from([2, 4, 8])), "n_heads": heads,
            "n_links": draw(st.integers(1, 6)), "n_layers": draw(st.integers(1, 3)),
-           "use_time_gaps": draw(st.booleans()), "max_history": 16}
+           "use_time_gaps": draw(st.booleans()), "newest_to_links": draw(st.booleans()), "max_history": 16}
     width = draw(st.integers(1, 16))
     rows = draw(st.lists(st.lists(st.integers(1, 39), min_size=1, max_size=width), min_size=1, max_size=4))
     return cfg, rows, draw(st.integers(0, 2**16))
@@ -48,7 +48,8 @@ def test_folded_and_projected_history_attention_match_reference_values_and_gradi
     """Both forms of links <- history (K, V folded into the queries, or projected) are taken,
     and training through either gets the dense reference's gradients."""
     width = FOLD_MIN_KEYS + 3
-    model = tiny_model(tiny_config(kind, n_heads=heads, n_links=links, d_model=16, max_history=width))
+    model = tiny_model(tiny_config(kind, n_heads=heads, n_links=links, d_model=16, max_history=width,
+                                   newest_to_links=folds))
     assert isinstance(model, LimeModel)
     assert model.blocks[0].folds(links, width) is folds
     assert not model.blocks[0].folds(links, FOLD_MIN_KEYS - 1)  # short histories: always projected

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gzip
 import json
 import os
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, RESULTS, log, machine, read_results, write_results
+from lime_model.data import build_sequences, leave_one_out
+from lime_model.datasets import read_interactions
 from lime_model.evaluate import ndcg_per_user
+from lime_model.vocab import ItemVocabulary
 
 MODELS = ("lime-xor", "sasrec", "lime-mha", "popularity")
 DEFAULT_MODELS = ("lime-xor", "sasrec", "popularity")  # the ones the quality target compares
@@ -172,14 +177,47 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def summarise_settings(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """All runs -> {setting: :func:`summarise` of its runs, with its CPU budget}."""
-    budgets = {s.name: s.budget_minutes for group in SETTINGS.values() for s in group}
+def summarise_settings(runs: list[dict[str, Any]],
+                       seen_users: Callable[[str], set[str]] | None = None) -> dict[str, Any]:
+    """All runs -> {setting: :func:`summarise` of its runs, with its CPU budget and, when the runs
+    carry their ranks, :func:`by_transition` with ``seen_users(dataset)`` (default
+    :func:`seen_transition_users`)."""
+    seen_users = seen_users or seen_transition_users
+    settings = {s.name: s for group in SETTINGS.values() for s in group}
     out = {}
     for name in dict.fromkeys(r["setting"] for r in runs):
-        out[name] = {"cpu_budget_minutes": budgets.get(name),
-                     **summarise([r for r in runs if r["setting"] == name])}
+        mine = [r for r in runs if r["setting"] == name]
+        out[name] = {"cpu_budget_minutes": settings[name].budget_minutes, **summarise(mine)}
+        if all("rank_by_user" in r for r in mine):
+            out[name]["by_transition"] = by_transition(mine, seen_users(settings[name].dataset))
     return out
+
+
+@functools.cache
+def seen_transition_users(dataset: str) -> set[str]:
+    """Test users whose target follows their newest history item somewhere in the training data (the
+    same two items, adjacent and in this order, in any user's training part): the users a model can
+    serve by remembering item-to-item transitions.  Same ordering rules as evaluation."""
+    frame = read_interactions(interactions_arg(dataset))
+    split = leave_one_out(build_sequences(frame, ItemVocabulary.from_raw(frame["item_id"].to_numpy())))
+    pairs = {pair for items in split.train_items for pair in zip(items[:-1].tolist(), items[1:].tolist())}
+    histories, _, targets = split.stage("test")
+    users = split.sequences.user_ids[split.eval_users]
+    return {str(user) for user, history, target in zip(users, histories, targets, strict=True)
+            if (int(history[-1]), int(target)) in pairs}
+
+
+def by_transition(runs: list[dict[str, Any]], seen: set[str]) -> dict[str, Any]:
+    """Runs of one setting -> each model's NDCG@10 (seed mean) over the test users whose
+    (newest history item, target) pair occurs in training (``seen``) and over the others."""
+    out: dict[str, Any] = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        users, ndcg = seed_mean_ndcg10([r for r in runs if r["model"] == model])
+        mask = np.array([u in seen for u in users])
+        out[model] = {"seen_ndcg@10": round(float(ndcg[mask].mean()), 4) if mask.any() else None,
+                      "unseen_ndcg@10": round(float(ndcg[~mask].mean()), 4) if (~mask).any() else None}
+    users = next(iter(r["rank_by_user"] for r in runs))
+    return {"seen_users": sum(u in seen for u in users), "users": len(users), **out}
 
 
 def plan_runs(settings: list[Setting], models: list[str], seeds: list[int]) -> list[tuple[Setting, str, int]]:

@@ -106,7 +106,17 @@ def setting_table(name: str, s: dict, runs: list[dict]) -> str:
         ratios.insert(1, f"95% bootstrap interval of the first over the {s['bootstrap']['users']} test users "
                          f"[{lo}, {hi}]")
     per_seed = ", ".join(f"{r['model']} s{r['seed']} {r['ndcg@10']:.4f}" for r in runs)
-    return "\n".join(lines) + "\n\n" + "; ".join(ratios) + f" (NDCG@10 per run: {per_seed})"
+    text = "\n".join(lines) + "\n\n" + "; ".join(ratios) + f" (NDCG@10 per run: {per_seed})"
+    return text + (transition_line(s["by_transition"]) if "by_transition" in s else "")
+
+
+def transition_line(t: dict) -> str:
+    """The NDCG@10 of each model on the test users whose target follows their newest history item
+    somewhere in training, and on the others."""
+    models = ", ".join(f"{m} {v['seen_ndcg@10']} / {v['unseen_ndcg@10']}" for m, v in t.items()
+                       if isinstance(v, dict))
+    return (f"\n\nBy transition: for {t['seen_users']:,} of the {t['users']:,} test users the pair (newest "
+            f"history item, target) occurs in training; NDCG@10 on those / on the others: {models}")
 
 
 def incremental_tables(data: dict) -> str:

@@ -131,3 +131,29 @@ def test_quality_summary_bootstraps_the_ratio_over_users_averaged_over_seeds() -
     runs[1]["rank_by_user"].pop("7")
     with pytest.raises(ValueError, match="lime-xor seed 1 was evaluated on other users than seed 0"):
         summarise(runs)
+
+
+def test_quality_summary_splits_ndcg_by_whether_the_transition_was_seen_in_training() -> None:
+    from benchmarks.quality import summarise_settings
+    from benchmarks.tables import quality_tables
+
+    def run(model: str, seed: int, ranks: list[int]) -> dict:
+        return {"setting": "ml-100k", "model": model, "seed": seed, "hr@10": 0.5, "ndcg@10": 0.1,
+                "hr@50": 0.5, "ndcg@50": 0.2, "rank_by_user": {str(u): r for u, r in enumerate(ranks)}}
+
+    runs = [run("lime-xor", 0, [0, 0, 99, 99]), run("lime-xor", 1, [0, 99, 99, 0]),
+            run("sasrec", 0, [5, 5, 0, 0])]  # rank 5: NDCG 1 / log2(7)
+    asked = []
+
+    def seen_users(dataset: str) -> set[str]:
+        asked.append(dataset)
+        return {"0", "1"}
+
+    summary = summarise_settings(runs, seen_users)["ml-100k"]
+    assert asked == ["ml-100k"]
+    assert summary["by_transition"] == {"seen_users": 2, "users": 4,
+                                        "lime-xor": {"seen_ndcg@10": 0.75, "unseen_ndcg@10": 0.25},
+                                        "sasrec": {"seen_ndcg@10": 0.3562, "unseen_ndcg@10": 1.0}}
+    assert "for 2 of the 4 test users" in quality_tables({"summary": {"ml-100k": summary}, "runs": runs})
+    assert "by_transition" not in summarise_settings([{k: v for k, v in r.items() if k != "rank_by_user"}
+                                                      for r in runs], seen_users)["ml-100k"]

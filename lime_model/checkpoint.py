@@ -68,9 +68,10 @@ class Checkpoint:
 
 def content_hash(config: ModelConfig, state_dict: Mapping[str, Tensor], item_ids: np.ndarray,
                  popularity: np.ndarray) -> str:
-    """``model_version``: sha256 (first 16 hex digits) over config, weights, vocabulary, popularity."""
+    """``model_version``: sha256 (first 16 hex digits) over config (:meth:`ModelConfig.versioned_dict`),
+    weights, vocabulary, popularity."""
     h = hashlib.sha256()
-    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(json.dumps(config.versioned_dict(), sort_keys=True).encode())
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         h.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())

@@ -16,6 +16,10 @@ from lime_model.errors import ModelConfigError
 
 MODEL_KINDS: tuple[str, ...] = ("lime-xor", "lime-mha", "sasrec", "popularity")
 LIME_KINDS: tuple[str, ...] = ("lime-xor", "lime-mha")
+# Fields added after checkpoints were first written, with the value every earlier checkpoint
+# implies.  At that value they are left out of what model_version hashes
+# (ModelConfig.versioned_dict), so the model versions of earlier checkpoints stay valid.
+LATER_FIELDS: dict[str, Any] = {"newest_to_links": False}
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,12 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the form stored in checkpoints)."""
         return dataclasses.asdict(self)
+
+    def versioned_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the :data:`LATER_FIELDS` that hold the value older checkpoints
+        imply: the form ``model_version`` hashes, the same whether or not the field was written."""
+        return {key: value for key, value in self.to_dict().items()
+                if not (key in LATER_FIELDS and value == LATER_FIELDS[key])}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:

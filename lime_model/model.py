@@ -346,7 +346,7 @@ class LimeModel(nn.Module):
             x_l, x_e = block(x_l, x_e, key_mask)  # (B, ell, d), (B, n, d)
         if self.cfg.newest_to_links:
             # Right-aligned: the last column is every row's newest item.  Its residual stream gives the
-            # links what SASRec's user vector has, the item just bought (docs/model.md).
+            # links what SASRec's user vector has, the item the user took last (docs/model.md).
             x_l = x_l + x_e[:, -1:]  # (B, ell, d)
         return self.final_norm(x_l)  # (B, ell, d)
 

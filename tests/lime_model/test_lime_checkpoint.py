@@ -18,6 +18,7 @@ from lime_model.errors import (
     CheckpointCorruptError,
     CheckpointNaNError,
     CheckpointNotFoundError,
+    ModelConfigError,
 )
 from lime_model.vocab import ItemVocabulary
 
@@ -211,3 +212,21 @@ def test_invalid_stored_config_raises_corrupt(tmp_path: Path) -> None:
     _rewrite(path, lambda p: p["config"].update(model="gpt"))
     with pytest.raises(CheckpointCorruptError, match="holds an invalid config: model must be one of"):
         load_checkpoint(path)
+
+
+def test_checkpoint_written_before_newest_to_links_existed_loads_with_it_off(tmp_path: Path) -> None:
+    """Checkpoints stored before the field was added keep their model_version (it is hashed only
+    when on) and load with the paper's L_P."""
+    path = tmp_path / "old.ckpt"
+    version = _save(path)
+    _rewrite(path, lambda payload: payload["config"].pop("newest_to_links"))
+    ckpt = load_checkpoint(path)
+    assert ckpt.model_version == version and ckpt.config.newest_to_links is False
+    assert _save(tmp_path / "newest.ckpt", newest_to_links=True) != version
+
+
+def test_newest_to_links_is_refused_for_models_without_links() -> None:
+    with pytest.raises(ModelConfigError, match="newest_to_links is a setting of the link models"):
+        ModelConfig(model="sasrec", num_items=40, newest_to_links=True)
+    with pytest.raises(ModelConfigError, match="newest_to_links must be a bool"):
+        ModelConfig(model="lime-xor", num_items=40, newest_to_links=1)

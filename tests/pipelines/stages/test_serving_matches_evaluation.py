@@ -101,7 +101,8 @@ def test_pipeline_topk_equals_the_ranking_lime_rank_evaluate_computes(spark, tmp
     store = DeltaRsStore(spark, tmp_path / "lakehouse")
     _write_inputs(store)
     ckpt = tmp_path / "model.ckpt"
-    make_checkpoint(ckpt, CATALOGUE, max_history=WINDOW, seed=4)
+    # newest_to_links, as lime-rank train's default: the newest item must be the same one in both
+    make_checkpoint(ckpt, CATALOGUE, max_history=WINDOW, newest_to_links=True, seed=4)
     evaluated = _evaluation_lists(store, ckpt)
     assert sorted(evaluated) == [LONG_USER, TIE_USER, DUPLICATE_USER]
     assert len(evaluated[LONG_USER]) == len(CATALOGUE) - 12  # all twelve items seen, not the last six

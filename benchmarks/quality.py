@@ -200,7 +200,8 @@ def seen_transition_users(dataset: str) -> set[str]:
     serve by remembering item-to-item transitions.  Same ordering rules as evaluation."""
     frame = read_interactions(interactions_arg(dataset))
     split = leave_one_out(build_sequences(frame, ItemVocabulary.from_raw(frame["item_id"].to_numpy())))
-    pairs = {pair for items in split.train_items for pair in zip(items[:-1].tolist(), items[1:].tolist())}
+    pairs = {pair for items in split.train_items
+             for pair in zip(items[:-1].tolist(), items[1:].tolist(), strict=True)}
     histories, _, targets = split.stage("test")
     users = split.sequences.user_ids[split.eval_users]
     return {str(user) for user, history, target in zip(users, histories, targets, strict=True)

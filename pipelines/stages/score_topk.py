@@ -47,7 +47,7 @@ from pipelines.tables.schemas import (
     USER_LINKS,
 )
 from pipelines.tables.spark_rows import first_row
-from pipelines.tables.store import CommitResult, WriteRequest
+from pipelines.tables.store import CommitResult, StagedWrite, WriteRequest
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
@@ -101,6 +101,7 @@ class _ScoringInputs:
     reused_users: int = 0
     kept: DataFrame | None = None  # incremental: (user_id) of the users whose lists are copied
     skip: Broadcast[np.ndarray] | None = None  # the same ids, for tasks that read user_links files
+    kept_ids: np.ndarray | None = None  # the same ids, on the driver
 
 
 def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
@@ -181,7 +182,8 @@ def _reuse_previous(ctx: RunContext, record: AuditRecord, inputs: _ScoringInputs
                      previous=ctx.store.read(RECOMMENDATIONS, partition={"ds": prev}),
                      partition={"ds": ctx.ds}, keep=shipped_keep, keep_frame=keep_frame)
     return dataclasses.replace(inputs, to_score=inputs.links.join(F.broadcast(keep_frame), "user_id", "left_anti"),
-                               copy=copy, reused_users=len(keep), kept=keep_frame, skip=shipped_keep)
+                               copy=copy, reused_users=len(keep), kept=keep_frame, skip=shipped_keep,
+                               kept_ids=keep)
 
 
 def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
@@ -190,7 +192,8 @@ def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> Scorin
     sizes = ScoringSizes(users=inputs.users, largest_seen=inputs.largest_seen, candidates=inputs.candidates,
                            candidate_row_bytes=4 * (mc.n_heads * mc.n_links + mc.d_model + 1) + 8,
                            link_files=len(inputs.link_files),
-                           cores=max(1, ctx.spark.sparkContext.defaultParallelism))
+                           cores=max(1, ctx.spark.sparkContext.defaultParallelism),
+                           scored_users=None if inputs.kept_ids is None else inputs.users - inputs.reused_users)
     return plan_scoring(cfg, sizes)
 
 
@@ -235,18 +238,30 @@ class _Scoring:
     seen_lists: pa.Table | None  # broadcast seen lists (user_id, seen_item_ids, item_ids) or None
     user_candidates: DataFrame | None
 
+    def popular(self, histories: DataFrame, candidate_ids: np.ndarray, k: int, every_user: bool,
+                ) -> list[tuple[int, int, float]]:
+        """The popularity list: from the seen lists on the driver when they hold ``every_user``'s
+        history, else by a Spark job over ``histories``."""
+        from pipelines.runtime import scoring_task as s
+
+        if self.seen_lists is None or not every_user:
+            return s.popular_items(histories, candidate_ids, k)
+        return s.popular_items_arrow(self.seen_lists.column("item_ids"), candidate_ids, k)
+
 
 def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, inputs: _ScoringInputs,
                    shipped: _Shipped, record: AuditRecord) -> _Scoring:
     """With the seen lists broadcast and a user_links file per core, each task reads its file
     itself and L_P never becomes Spark rows; otherwise users are joined to their seen lists (and
-    per-user candidates) in Spark and repartitioned evenly."""
+    per-user candidates) in Spark and repartitioned evenly.  Incremental: the seen lists of the
+    users to score only."""
     from pyspark.sql import functions as F
 
     from pipelines.runtime import scoring_task as s
 
     seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "seen_item_ids", "item_ids"],
-                                       partition={"ds": ctx.ds}) if plan.seen_broadcast else None)
+                                       partition={"ds": ctx.ds}, exclude_users=inputs.kept_ids)
+                  if plan.seen_broadcast else None)
     if plan.reads_link_files:
         seen_table = None
         if cfg.exclude_seen and seen_lists is not None:
@@ -255,6 +270,8 @@ def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, input
         reader = s.LinkFiles(seen_table, skip=inputs.skip)
         return _Scoring(s.link_file_rows(ctx.spark, inputs.link_files), reader, seen_lists, None)
     seen = inputs.histories.select("user_id", F.col("seen_item_ids").alias("seen"))
+    if inputs.kept is not None:  # the plan sized the broadcast by the users to score
+        seen = seen.join(F.broadcast(inputs.kept), "user_id", "left_anti")
     users = inputs.to_score.select("user_id", "l_p").join(F.broadcast(seen) if plan.seen_broadcast else seen,
                                                        "user_id", "left")
     user_candidates = None
@@ -267,19 +284,22 @@ def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, input
     return _Scoring(users.repartition(plan.scoring_partitions), None, seen_lists, user_candidates)
 
 
-def _gated_rows(record: AuditRecord, staged: DataFrame, inputs: _ScoringInputs) -> tuple[DataFrame, DataFrame]:
+def _gated_rows(record: AuditRecord, staged: StagedWrite, inputs: _ScoringInputs) -> tuple[DataFrame, DataFrame]:
     """(recommendations, user_histories) rows the gate checks before the commit: the recomputed
     users' only when the other lists are copied (they passed the previous day's gate with the
     same L_P, seen items, candidates and settings; validate-publish gates the whole partition
-    before it is published)."""
+    before it is published).  The recomputed rows are the scoring's own files where the store
+    keeps them apart from the copied ones."""
     from pyspark.sql import functions as F
 
     if inputs.kept is None:
         record.metrics["gate_scope"] = "all users"
-        return staged, inputs.histories
+        return staged.frame, inputs.histories
     record.metrics["gate_scope"] = "recomputed users"
     kept = F.broadcast(inputs.kept)
-    return staged.join(kept, "user_id", "left_anti"), inputs.histories.join(kept, "user_id", "left_anti")
+    recs = (staged.own_frame if staged.own_frame is not None
+            else staged.frame.join(kept, "user_id", "left_anti"))
+    return recs, inputs.histories.join(kept, "user_id", "left_anti")
 
 
 def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord, recs: DataFrame,
@@ -297,7 +317,7 @@ def _stage_gate_commit(ctx: RunContext, cfg: ScoringConfig, record: AuditRecord,
                                    metadata={"model_version": ctx.model_version, "top_k": cfg.top_k})
             extra = [] if inputs.copy is None else [inputs.copy]
             staged = timed(record, "score", lambda: ctx.store.stage(recs, request, extra=extra))
-            frame, histories = _gated_rows(record, staged.frame, inputs)
+            frame, histories = _gated_rows(record, staged, inputs)
             report = timed(record, "gate", lambda: check_recommendations(
                 frame, histories, ids_df, ds=ctx.ds, top_k=cfg.top_k, model_version=ctx.model_version,
                 exclude_seen=cfg.exclude_seen, user_links=inputs.links, user_candidates=user_candidates,
@@ -351,8 +371,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig, *, full: bool = False) -> St
             scoring = _scoring_input(ctx, cfg, plan, inputs, shipped, record)
             model_rows = s.model_topk(scoring.scored, cfg, mode=plan.candidate_mode, candidate_ids=candidate_ids,
                                       broadcast=matrix, files=files, shards=plan.shards, reader=scoring.reader)
-            popular = (s.popular_items(inputs.histories, candidate_ids, cfg.top_k) if scoring.seen_lists is None
-                       else s.popular_items_arrow(scoring.seen_lists.column("item_ids"), candidate_ids, cfg.top_k))
+            popular = scoring.popular(inputs.histories, candidate_ids, cfg.top_k, every_user=inputs.kept_ids is None)
             record.metrics["popular_items"] = [p[1] for p in popular]
             recs = s.recommendations(model_rows, inputs.histories.where(F.col("n") == 0), popular, ds=ctx.ds,
                                      model_version=ctx.model_version)

@@ -22,6 +22,11 @@ class ScoringSizes:
     candidate_row_bytes: int  # one candidate's link weights, vector and bias as stored
     link_files: int  # user_links(ds) files the scoring tasks can read themselves (0: none)
     cores: int  # Spark's default parallelism
+    scored_users: int | None = None  # users whose seen lists scoring needs (incremental: the changed ones); None: all
+
+    @property
+    def seen_list_users(self) -> int:
+        return self.users if self.scored_users is None else self.scored_users
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,11 @@ class ScoringPlan:
 
 def plan_scoring(cfg: ScoringConfig, sizes: ScoringSizes) -> ScoringPlan:
     """Sizes and capabilities in, the plan out (pure).  Tasks read their own user_links files only
-    with the seen lists broadcast, no per-user candidate lists, and a file for every core;
-    otherwise users are joined in Spark and spread over twice the cores."""
+    with the seen lists broadcast (those of the users to score: an incremental run broadcasts far
+    fewer), no per-user candidate lists, and a file for every core; otherwise users are joined in
+    Spark and spread over twice the cores."""
     mode, shards = plan_mode(cfg, sizes.candidates * sizes.candidate_row_bytes)
-    seen_broadcast = seen_lists_bytes(sizes.users, sizes.largest_seen) <= cfg.seen_broadcast_max_bytes
+    seen_broadcast = seen_lists_bytes(sizes.seen_list_users, sizes.largest_seen) <= cfg.seen_broadcast_max_bytes
     direct = seen_broadcast and not cfg.per_user_candidates and sizes.link_files >= sizes.cores
     return ScoringPlan(candidate_mode=mode, shards=shards,
                        seen_join="broadcast" if seen_broadcast else "shuffle",

@@ -55,6 +55,7 @@ from pipelines.tables.store import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     from deltalake import DeltaTable, Schema
     from deltalake.transaction import AddAction, CommitProperties
     from pyspark.sql import DataFrame, SparkSession
@@ -221,11 +222,14 @@ class DeltaRsStore:
         )
 
     def read_arrow(
-        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
+        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None,
+        exclude_users: np.ndarray | None = None,
     ) -> pa.Table:
         """``columns`` (not partition columns) of the table or one partition as one Arrow table on
         the driver, read from the data files without a Spark job: for inputs the driver needs
-        whole anyway (the candidate matrix, the seen lists it broadcasts)."""
+        whole anyway (the candidate matrix, the seen lists it broadcasts).  ``exclude_users``:
+        int64 ids whose rows (by ``user_id``) are left out while reading."""
+        import pyarrow.compute as pc
         import pyarrow.dataset as pads
 
         wrong = [c for c in columns if c not in spec.data_schema.names]
@@ -241,7 +245,9 @@ class DeltaRsStore:
             return wanted.empty_table()
         fs, _ = pafs.FileSystem.from_uri(files[0])
         paths = [pafs.FileSystem.from_uri(f)[1] for f in files]
-        return pads.dataset(paths, format="parquet", filesystem=fs).to_table(columns=list(columns)).cast(wanted)
+        kept = None if exclude_users is None else ~pc.field("user_id").isin(pa.array(exclude_users, pa.int64()))
+        dataset = pads.dataset(paths, format="parquet", filesystem=fs)
+        return dataset.to_table(columns=list(columns), filter=kept).cast(wanted)
 
     def partition_rows(self, spec: TableSpec, partition: Mapping[str, str] | None = None) -> int:
         """Rows in the partition (from the log's file statistics; 0 when the table is missing)."""
@@ -366,14 +372,16 @@ class DeltaRsStore:
         check_schema(spec.name, df.schema, spec.spark_schema, allow_extra=False)
         snapshot = self._load(spec)
         files, checked, state = self._write_files(df.select(*spec.column_names), None, request, snapshot=snapshot)
+        own = list(files)
         try:
             for part, task in extra:
                 files += self._write_files(part, task, request, snapshot=snapshot)[0]
         except BaseException:
             self.discard_staged(StagedWrite(checked, df, tuple(files), state))
             raise
-        frame = self._read_files(spec.name, spec.schema, [f"{self.uri(spec.name)}/{f.path}" for f in files])
-        return StagedWrite(checked, frame, tuple(files), state)
+        frame, own_frame = (self._read_files(spec.name, spec.schema, [f"{self.uri(spec.name)}/{f.path}" for f in fs])
+                            for fs in (files, own))
+        return StagedWrite(checked, frame, tuple(files), state, own_frame)
 
     def commit_staged(self, staged: StagedWrite) -> CommitResult:
         return self.commit(staged.request, staged.files, expected_partition_state=staged.partition_state)

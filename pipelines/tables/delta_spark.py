@@ -34,6 +34,7 @@ from pipelines.tables.store import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -240,11 +241,19 @@ class DeltaSparkStore:
         return df.where(_equal_to(partition)) if partition else df
 
     def read_arrow(
-        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
+        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None,
+        exclude_users: np.ndarray | None = None,
     ) -> pa.Table:
-        """``columns`` of the table or one partition on the driver (through Spark here)."""
+        """``columns`` of the table or one partition on the driver (through Spark here), without
+        the rows of the ``exclude_users`` (int64 ids)."""
+        from pyspark.sql import functions as F
+
         wanted = pa.schema([spec.schema.field(c) for c in columns])
-        return self.read(spec, partition=partition).select(*columns).toArrow().cast(wanted)
+        rows = self.read(spec, partition=partition)
+        if exclude_users is not None:
+            ids = self.spark.createDataFrame(pa.table({"user_id": pa.array(exclude_users, pa.int64())}))
+            rows = rows.join(F.broadcast(ids), "user_id", "left_anti")
+        return rows.select(*columns).toArrow().cast(wanted)
 
     def write(self, df: DataFrame, request: WriteRequest) -> CommitResult:
         spec, mode, app_id = request.spec, request.mode, request.app_id

@@ -22,6 +22,7 @@ from pipelines.tables.parquet_files import DataFile, check_partition_value
 from pipelines.tables.schemas import TableSpec
 
 if TYPE_CHECKING:
+    import numpy as np
     from pyspark.sql import DataFrame
 
 WriteMode = Literal["append", "overwrite"]
@@ -82,13 +83,15 @@ class StagedWrite:
     rows (the table's columns), e.g. for a quality gate before the commit.  delta-rs: ``files``
     are the Parquet files written, outside the Delta log, and ``partition_state`` the
     partition's files when staging began (the commit refuses if another writer changed them).
-    delta-spark: ``frame`` is the rows persisted on local disk.
+    delta-spark: ``frame`` is the rows persisted on local disk.  ``own_frame``: the rows of the
+    staged DataFrame alone, without those of the ``extra`` inputs (None: not kept apart).
     """
 
     request: WriteRequest
     frame: DataFrame
     files: tuple[DataFile, ...] = ()
     partition_state: frozenset[str] | None = None
+    own_frame: DataFrame | None = None
 
 
 def normalised_uri(uri: str) -> str:
@@ -176,7 +179,8 @@ class TableStore(Protocol):
     ) -> DataFrame: ...
 
     def read_arrow(
-        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None
+        self, spec: TableSpec, columns: Sequence[str], *, partition: Mapping[str, str] | None = None,
+        exclude_users: np.ndarray | None = None,
     ) -> pa.Table: ...
 
     def write(self, df: DataFrame, request: WriteRequest) -> CommitResult: ...

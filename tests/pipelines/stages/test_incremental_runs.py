@@ -3,6 +3,7 @@ to both copies, and the next day runs incrementally on one and with ``full=True`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import uuid
@@ -21,6 +22,7 @@ from pipelines.stages.extract_histories import extract_histories
 from pipelines.stages.infer_user_links import infer_user_links
 from pipelines.stages.precompute_candidates import precompute_candidates
 from pipelines.stages.score_topk import score_topk
+from pipelines.stages.scoring_plan import seen_lists_bytes
 from pipelines.tables.audit import read_audit
 from pipelines.tables.delta_rs import DeltaRsStore
 from pipelines.tables.schemas import EVENTS, ITEMS
@@ -39,14 +41,17 @@ KNOWN = 180  # the model knows the first 180 of the 200 items
 
 
 def run_day(spark, root: Path, ds: str, ckpt: Path, *, full: bool = False, allow_empty_ds: bool = False,
-            full_extract: bool = False) -> dict:
+            full_extract: bool = False, seen_max: int | None = None) -> dict:
     """The four nightly stages of ``ds``; the audit metrics of each stage, by stage."""
     ctx = RunContext.open(spark, DeltaRsStore(spark, root), ds, f"run-{uuid.uuid4().hex[:8]}", str(ckpt))
+    scoring = ScoringConfig(str(ckpt), ctx.model_version, top_k=K, candidate_block=64)
+    if seen_max is not None:
+        scoring = dataclasses.replace(scoring, seen_broadcast_max_bytes=seen_max)
     results = [
         extract_histories(ctx, MAX_HISTORY, allow_empty_ds=allow_empty_ds, full=full or full_extract),
         precompute_candidates(ctx),
         infer_user_links(ctx, InferenceConfig(str(ckpt), ctx.model_version, device="cpu"), full=full),
-        score_topk(ctx, ScoringConfig(str(ckpt), ctx.model_version, top_k=K, candidate_block=64), full=full),
+        score_topk(ctx, scoring, full=full),
     ]
     return {r.stage: r.metrics for r in results}
 
@@ -189,6 +194,27 @@ def test_events_dated_after_the_previous_day_already_in_the_table_are_read(spark
     extract = metrics["extract_histories"]
     assert extract["mode"] == "incremental", extract["mode_reason"]
     assert (extract["users_extracted"], extract["users_rescanned"], extract["events_on_ds"]) == (3, 0, 3)
+
+
+def test_an_incremental_run_broadcasts_only_the_seen_lists_of_the_users_it_scores(
+    spark, base: dict, tmp_path: Path,
+) -> None:
+    """A seen-list bound that every user's lists exceed but the changed users' fit: the full run
+    joins the seen lists by a shuffle, the incremental run broadcasts those it needs and its tasks
+    read L_P from the files; the same lists either way."""
+    inc, full = copies(base, tmp_path)
+    rows = [(u, int(base["items"][u % KNOWN]), f"{DAY1} 08:00:00") for u in range(100, 110)]
+    for root in (inc, full):
+        append(spark, root, events(rows, DAY1))
+    before = partition(inc, "user_histories", DAY0, ["user_id"])
+    bound = seen_lists_bytes(50, int(before.n_seen.max()) + 1)  # one new event per user at most
+    assert seen_lists_bytes(len(before), int(before.n_seen.max())) > bound
+    metrics = run_day(spark, inc, DAY1, base["ckpt"], seen_max=bound)
+    full_metrics = run_day(spark, full, DAY1, base["ckpt"], full=True, seen_max=bound)
+    assert_same_tables(inc, full, DAY1)
+    plans = [(m["score_topk"]["seen_join"], m["score_topk"]["scoring_input"]) for m in (full_metrics, metrics)]
+    assert plans == [("shuffle", "spark_join"), ("broadcast", "link_files")]
+    assert metrics["score_topk"]["mode"] == "incremental" and metrics["score_topk"]["users_rescored"] == 10
 
 
 def test_after_a_full_extraction_the_changed_users_are_found_by_comparing_histories(

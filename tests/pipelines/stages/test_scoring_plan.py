@@ -53,6 +53,14 @@ def test_scoring_plan_shuffles_seen_lists_sized_by_the_largest_seen_set() -> Non
     assert (shuffled.seen_join, shuffled.scoring_input) == ("shuffle", "spark_join")
 
 
+def test_an_incremental_plan_sizes_the_seen_lists_by_the_users_it_scores() -> None:
+    cfg = ScoringConfig("ckpt", "v1", top_k=10, seen_broadcast_max_bytes=100 * (8 * 50 + 24))
+    assert plan_scoring(cfg, _sizes()).seen_join == "shuffle"  # 1000 users' lists
+    plan = plan_scoring(cfg, _sizes(scored_users=100))  # the other 900 users' lists are copied
+    assert (plan.seen_join, plan.scoring_input) == ("broadcast", "link_files")
+    assert plan_scoring(cfg, _sizes(scored_users=101)).seen_join == "shuffle"
+
+
 def test_scoring_plan_shards_a_candidate_matrix_above_the_broadcast_bound() -> None:
     cfg = ScoringConfig("ckpt", "v1", top_k=10, broadcast_max_bytes=1_000_000)
     plan = plan_scoring(cfg, _sizes(candidates=10_000, candidate_row_bytes=250))  # 2.5 MB

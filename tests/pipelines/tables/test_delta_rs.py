@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
@@ -131,6 +132,7 @@ def test_staged_rows_are_invisible_until_committed_and_discard_removes_their_fil
     staged = store.stage(spark.createDataFrame(recs("2024-01-02", range(5))).repartition(2),
                          WriteRequest(RECOMMENDATIONS, "overwrite", "run-1", partition=part, metadata={"top_k": 1}))
     assert spark_rows(staged.frame) == as_rows(recs("2024-01-02", range(5)))  # the gate reads these
+    assert staged.own_frame is not None and spark_rows(staged.own_frame) == spark_rows(staged.frame)
     assert store.version(RECOMMENDATIONS) == 0 and store.read(RECOMMENDATIONS, partition=part).count() == 0
     result = store.commit_staged(staged)
     assert (result.version, result.rows, result.skipped) == (1, 5, False)
@@ -144,6 +146,24 @@ def test_staged_rows_are_invisible_until_committed_and_discard_removes_their_fil
     assert not any(p.exists() for p in paths)
     assert store.version(RECOMMENDATIONS) == 1
     assert spark_rows(store.read(RECOMMENDATIONS, partition=part)) == as_rows(recs("2024-01-02", range(5)))
+
+
+def test_staged_rows_of_the_extra_inputs_are_kept_apart_from_the_frames_own(spark, store) -> None:
+    """score_topk's incremental gate reads the scored rows (``own_frame``), not the copied ones."""
+    part = {"ds": "2024-01-02"}
+
+    def copied(batches):
+        for _ in batches:
+            pass
+        yield from recs("2024-01-02", range(5, 7)).to_batches()
+
+    staged = store.stage(spark.createDataFrame(recs("2024-01-02", range(3))),
+                         WriteRequest(RECOMMENDATIONS, "overwrite", "run-1", partition=part),
+                         extra=[(spark.createDataFrame(recs("2024-01-02", range(1))).coalesce(1), copied)])
+    assert spark_rows(staged.own_frame) == as_rows(recs("2024-01-02", range(3)))
+    assert spark_rows(staged.frame) == sorted(as_rows(recs("2024-01-02", range(3)))
+                                              + as_rows(recs("2024-01-02", range(5, 7))))
+    store.discard_staged(staged)
 
 
 def test_staged_commit_refuses_a_partition_another_run_replaced_meanwhile(spark, store) -> None:
@@ -165,6 +185,9 @@ def test_read_arrow_reads_data_columns_of_one_partition(spark, store) -> None:
     assert got.schema == pa.schema([RECOMMENDATIONS.schema.field("user_id"), RECOMMENDATIONS.schema.field("score")])
     assert sorted(got.column("user_id").to_pylist()) == [3, 4]
     assert store.read_arrow(RECOMMENDATIONS, ["user_id"], partition={"ds": "2030-01-01"}).num_rows == 0
+    left_out = store.read_arrow(RECOMMENDATIONS, ["score"], partition={"ds": "2024-01-01"},
+                                exclude_users=np.array([0, 2, 7], np.int64))  # user_id read, not returned
+    assert left_out.column_names == ["score"] and left_out.num_rows == 1
     with pytest.raises(ValueError, match="data columns"):
         store.read_arrow(RECOMMENDATIONS, ["ds", "user_id"])
     with pytest.raises(TableNotFoundError):

@@ -470,6 +470,29 @@ def popular_items_arrow(item_ids: pa.Array | pa.ChunkedArray, candidate_ids: np.
     return _popular_list([(int(items[i]), float(counts[i])) for i in order], candidate_ids, k)
 
 
+def popular_items_from_files(files: Sequence[str], candidate_ids: np.ndarray, k: int,
+                             ) -> list[tuple[int, int, float]]:
+    """:func:`popular_items` from ``user_histories`` data files read on the driver, one row group's
+    ``item_ids`` at a time (memory: one row group and the counts of distinct items), no Spark job."""
+    import pyarrow.parquet as pq
+
+    items, counts = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for path in files:
+        fs, where = pafs.FileSystem.from_uri(path)
+        with fs.open_input_file(where) as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.metadata.num_row_groups):
+                lists = parquet.read_row_group(group, columns=["item_ids"]).column("item_ids")
+                flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+                ids, seen = np.unique(flat[np.isin(flat, candidate_ids)], return_counts=True)
+                items.append(ids)
+                counts.append(seen)
+    ids, where_in = np.unique(np.concatenate(items), return_inverse=True)
+    totals = np.bincount(where_in, weights=np.concatenate(counts), minlength=len(ids))
+    order = np.lexsort((ids, -totals))[:k]  # count desc, then item id asc
+    return _popular_list([(int(ids[i]), float(totals[i])) for i in order], candidate_ids, k)
+
+
 def _popular_list(chosen: list[tuple[int, float]], candidate_ids: np.ndarray, k: int) -> list[tuple[int, int, float]]:
     if len(chosen) < k:
         taken = {i for i, _ in chosen}

@@ -238,15 +238,19 @@ class _Scoring:
     seen_lists: pa.Table | None  # broadcast seen lists (user_id, seen_item_ids, item_ids) or None
     user_candidates: DataFrame | None
 
-    def popular(self, histories: DataFrame, candidate_ids: np.ndarray, k: int, every_user: bool,
-                ) -> list[tuple[int, int, float]]:
+    def popular(self, ctx: RunContext, histories: DataFrame, candidate_ids: np.ndarray, k: int,
+                every_user: bool) -> list[tuple[int, int, float]]:
         """The popularity list: from the seen lists on the driver when they hold ``every_user``'s
-        history, else by a Spark job over ``histories``."""
+        history, else from the partition's files read on the driver (delta-rs), else by a Spark
+        job over ``histories``."""
         from pipelines.runtime import scoring_task as s
 
-        if self.seen_lists is None or not every_user:
-            return s.popular_items(histories, candidate_ids, k)
-        return s.popular_items_arrow(self.seen_lists.column("item_ids"), candidate_ids, k)
+        if self.seen_lists is not None and every_user:
+            return s.popular_items_arrow(self.seen_lists.column("item_ids"), candidate_ids, k)
+        if ctx.store.file_list_exact:
+            files = ctx.store.file_uris(USER_HISTORIES, partition={"ds": ctx.ds})
+            return s.popular_items_from_files(files, candidate_ids, k)
+        return s.popular_items(histories, candidate_ids, k)
 
 
 def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, inputs: _ScoringInputs,
@@ -371,7 +375,8 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig, *, full: bool = False) -> St
             scoring = _scoring_input(ctx, cfg, plan, inputs, shipped, record)
             model_rows = s.model_topk(scoring.scored, cfg, mode=plan.candidate_mode, candidate_ids=candidate_ids,
                                       broadcast=matrix, files=files, shards=plan.shards, reader=scoring.reader)
-            popular = scoring.popular(inputs.histories, candidate_ids, cfg.top_k, every_user=inputs.kept_ids is None)
+            popular = scoring.popular(ctx, inputs.histories, candidate_ids, cfg.top_k,
+                                      every_user=inputs.kept_ids is None)
             record.metrics["popular_items"] = [p[1] for p in popular]
             recs = s.recommendations(model_rows, inputs.histories.where(F.col("n") == 0), popular, ds=ctx.ds,
                                      model_version=ctx.model_version)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from pipelines.runtime.scoring_task import (
     LinkFiles,
     popular_items,
     popular_items_arrow,
+    popular_items_from_files,
     seen_positions,
     shard_bounds,
     topk_against,
@@ -138,12 +141,19 @@ def test_link_files_leave_out_the_skipped_users_and_their_row_groups(tmp_path) -
 
 
 @pytest.mark.spark
-def test_popularity_list_from_arrow_equals_the_spark_count(spark) -> None:
+def test_popularity_list_from_arrow_equals_the_spark_count(spark, tmp_path: Path) -> None:
     # ties on count (1 and 4 both twice) break by item id; 99 is not a candidate; 8 never seen fills in
     lists = pa.array([[4, 1, 99], [1, 3], [4, 99, 99], [], None], pa.list_(pa.int64()))
     histories = spark.createDataFrame(pa.table({"item_ids": lists}))
     candidates = np.array([1, 3, 4, 8], np.int64)
+    files = []
+    for name, rows in (("a", slice(0, 2)), ("b", slice(2, 5))):  # the tie split over two files
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"item_ids": lists[rows]}), path, row_group_size=1)
+        files.append(path.as_uri())
     for k in (1, 2, 4):
         want = popular_items(histories, candidates, k)
         assert popular_items_arrow(lists, candidates, k) == want
+        assert popular_items_from_files(files, candidates, k) == want
     assert want == [(1, 1, 2.0), (2, 4, 2.0), (3, 3, 1.0), (4, 8, 0.0)]
+    assert popular_items_from_files([], candidates, 2) == [(1, 1, 0.0), (2, 3, 0.0)]

@@ -15,7 +15,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -107,6 +108,27 @@ def retry_unavailable(call: Callable[[], T], delays_s: Sequence[float] = UNAVAIL
             log.warning("%s; retrying in %.0f s", exc, delay)
             time.sleep(delay)
     return call()
+
+
+@contextmanager
+def sole_writer(airflow: LocalAirflow, daemons: Daemons, base_env: Mapping[str, str]) -> Iterator[None]:
+    """The scheduler and dag-processor stopped while the block runs, started again after it.
+
+    SQLite takes one writer at a time.  ``POST /backfills`` creates its runs in several steps; when
+    the scheduler writes meanwhile the api-server answers 503 ("Backfill creation is not supported
+    on SQLite under concurrent access") and removes the runs it made, and a scheduler that had
+    already loaded one of them dies (``ObjectDeletedError``).  With the api-server the only writer
+    the call cannot race.  Use it only while no task runs: stopping the scheduler ends its
+    LocalExecutor's task processes.
+    """
+    writers = [d for d in daemons.started if d.name in ("airflow-scheduler", "airflow-dag-processor")]
+    for daemon in writers:
+        daemons.stop(daemon)
+    try:
+        yield
+    finally:
+        for daemon in writers:
+            daemons.start(daemon.name, daemon.argv, airflow.env(base_env))
 
 
 def plan_airflow(home: Path, dags_folder: Path, extra_env: Mapping[str, str]) -> LocalAirflow:

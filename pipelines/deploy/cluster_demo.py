@@ -238,9 +238,10 @@ def run_backfill(state: DemoState, cluster: StandaloneCluster, airflow: af.Local
     first, last = state.ds - dt.timedelta(days=2), state.ds - dt.timedelta(days=1)
     if state.cfg.kill_worker_in_backfill:
         fault_marker(state).unlink()  # armed: the first inference task of the backfill kills its worker
-    airflow.api("/api/v2/backfills", "POST", {
-        "dag_id": NIGHTLY, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T23:59:59Z",
-        "max_active_runs": 1, "reprocess_behavior": "none", "dag_run_conf": dict(state.cfg.backfill_conf)})
+    with af.sole_writer(airflow, daemons, env):  # no task runs: the nightly and refresh runs have ended
+        airflow.api("/api/v2/backfills", "POST", {
+            "dag_id": NIGHTLY, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T23:59:59Z",
+            "max_active_runs": 1, "reprocess_behavior": "none", "dag_run_conf": dict(state.cfg.backfill_conf)})
     daemons_but_workers = Daemons(daemons.log_dir, [d for d in daemons.started
                                                     if not d.name.startswith("spark-worker-")])
 

@@ -464,10 +464,7 @@ def popular_items(histories: DataFrame, candidate_ids: np.ndarray, k: int) -> li
 def popular_items_arrow(item_ids: pa.Array | pa.ChunkedArray, candidate_ids: np.ndarray,
                         k: int) -> list[tuple[int, int, float]]:
     """:func:`popular_items` from ``user_histories.item_ids`` already on the driver (no Spark job)."""
-    flat = pc.list_flatten(item_ids).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    items, counts = np.unique(flat[np.isin(flat, candidate_ids)], return_counts=True)
-    order = np.lexsort((items, -counts))[:k]  # count desc, then item id asc
-    return _popular_list([(int(items[i]), float(counts[i])) for i in order], candidate_ids, k)
+    return _ranked_popular(*_candidate_counts(item_ids, candidate_ids), candidate_ids, k)
 
 
 def popular_items_from_files(files: Sequence[str], candidate_ids: np.ndarray, k: int,
@@ -482,15 +479,25 @@ def popular_items_from_files(files: Sequence[str], candidate_ids: np.ndarray, k:
         with fs.open_input_file(where) as handle:
             parquet = pq.ParquetFile(handle)
             for group in range(parquet.metadata.num_row_groups):
-                lists = parquet.read_row_group(group, columns=["item_ids"]).column("item_ids")
-                flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-                ids, seen = np.unique(flat[np.isin(flat, candidate_ids)], return_counts=True)
+                ids, seen = _candidate_counts(parquet.read_row_group(group, columns=["item_ids"]).column("item_ids"),
+                                              candidate_ids)
                 items.append(ids)
                 counts.append(seen)
     ids, where_in = np.unique(np.concatenate(items), return_inverse=True)
-    totals = np.bincount(where_in, weights=np.concatenate(counts), minlength=len(ids))
-    order = np.lexsort((ids, -totals))[:k]  # count desc, then item id asc
-    return _popular_list([(int(ids[i]), float(totals[i])) for i in order], candidate_ids, k)
+    return _ranked_popular(ids, np.bincount(where_in, weights=np.concatenate(counts), minlength=len(ids)),
+                           candidate_ids, k)
+
+
+def _candidate_counts(item_ids: pa.Array | pa.ChunkedArray, candidate_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate item ids, how often the lists hold each), ids ascending."""
+    flat = pc.list_flatten(item_ids).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return np.unique(flat[np.isin(flat, candidate_ids)], return_counts=True)
+
+
+def _ranked_popular(ids: np.ndarray, counts: np.ndarray, candidate_ids: np.ndarray,
+                    k: int) -> list[tuple[int, int, float]]:
+    order = np.lexsort((ids, -counts))[:k]  # count desc, then item id asc
+    return _popular_list([(int(ids[i]), float(counts[i])) for i in order], candidate_ids, k)
 
 
 def _popular_list(chosen: list[tuple[int, float]], candidate_ids: np.ndarray, k: int) -> list[tuple[int, int, float]]:

@@ -98,10 +98,20 @@ class _ScoringInputs:
     candidates: int
     to_score: DataFrame  # the rows of user_links(ds) to score (incremental: the changed users')
     copy: tuple[DataFrame, ArrowTask] | None = None  # incremental: writes the other users' lists of the day before
-    reused_users: int = 0
-    kept: DataFrame | None = None  # incremental: (user_id) of the users whose lists are copied
-    skip: Broadcast[np.ndarray] | None = None  # the same ids, for tasks that read user_links files
-    kept_ids: np.ndarray | None = None  # the same ids, on the driver
+    kept: _KeptUsers | None = None  # incremental: the users whose lists are copied
+
+    @property
+    def reused_users(self) -> int:
+        return 0 if self.kept is None else len(self.kept.ids)
+
+
+@dataclass(frozen=True)
+class _KeptUsers:
+    """The users whose lists an incremental run copies, as each consumer needs them."""
+
+    ids: np.ndarray  # on the driver
+    frame: DataFrame  # (user_id), for Spark joins
+    shipped: Broadcast[np.ndarray]  # for tasks that read files themselves
 
 
 def _read_scoring_inputs(ctx: RunContext, top_k: int) -> _ScoringInputs:
@@ -182,8 +192,7 @@ def _reuse_previous(ctx: RunContext, record: AuditRecord, inputs: _ScoringInputs
                      previous=ctx.store.read(RECOMMENDATIONS, partition={"ds": prev}),
                      partition={"ds": ctx.ds}, keep=shipped_keep, keep_frame=keep_frame)
     return dataclasses.replace(inputs, to_score=inputs.links.join(F.broadcast(keep_frame), "user_id", "left_anti"),
-                               copy=copy, reused_users=len(keep), kept=keep_frame, skip=shipped_keep,
-                               kept_ids=keep)
+                               copy=copy, kept=_KeptUsers(keep, keep_frame, shipped_keep))
 
 
 def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:
@@ -193,7 +202,7 @@ def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> Scorin
                            candidate_row_bytes=4 * (mc.n_heads * mc.n_links + mc.d_model + 1) + 8,
                            link_files=len(inputs.link_files),
                            cores=max(1, ctx.spark.sparkContext.defaultParallelism),
-                           scored_users=None if inputs.kept_ids is None else inputs.users - inputs.reused_users)
+                           scored_users=None if inputs.kept is None else inputs.users - inputs.reused_users)
     return plan_scoring(cfg, sizes)
 
 
@@ -264,18 +273,19 @@ def _scoring_input(ctx: RunContext, cfg: ScoringConfig, plan: ScoringPlan, input
     from pipelines.runtime import scoring_task as s
 
     seen_lists = (ctx.store.read_arrow(USER_HISTORIES, ["user_id", "seen_item_ids", "item_ids"],
-                                       partition={"ds": ctx.ds}, exclude_users=inputs.kept_ids)
+                                       partition={"ds": ctx.ds},
+                                       exclude_users=None if inputs.kept is None else inputs.kept.ids)
                   if plan.seen_broadcast else None)
     if plan.reads_link_files:
         seen_table = None
         if cfg.exclude_seen and seen_lists is not None:
             seen_table = shipped.broadcast(ctx, seen_lists.select(["user_id", "seen_item_ids"])
                                            .rename_columns(["user_id", "seen"]))
-        reader = s.LinkFiles(seen_table, skip=inputs.skip)
+        reader = s.LinkFiles(seen_table, skip=None if inputs.kept is None else inputs.kept.shipped)
         return _Scoring(s.link_file_rows(ctx.spark, inputs.link_files), reader, seen_lists, None)
     seen = inputs.histories.select("user_id", F.col("seen_item_ids").alias("seen"))
     if inputs.kept is not None:  # the plan sized the broadcast by the users to score
-        seen = seen.join(F.broadcast(inputs.kept), "user_id", "left_anti")
+        seen = seen.join(F.broadcast(inputs.kept.frame), "user_id", "left_anti")
     users = inputs.to_score.select("user_id", "l_p").join(F.broadcast(seen) if plan.seen_broadcast else seen,
                                                        "user_id", "left")
     user_candidates = None
@@ -300,7 +310,7 @@ def _gated_rows(record: AuditRecord, staged: StagedWrite, inputs: _ScoringInputs
         record.metrics["gate_scope"] = "all users"
         return staged.frame, inputs.histories
     record.metrics["gate_scope"] = "recomputed users"
-    kept = F.broadcast(inputs.kept)
+    kept = F.broadcast(inputs.kept.frame)
     recs = (staged.own_frame if staged.own_frame is not None
             else staged.frame.join(kept, "user_id", "left_anti"))
     return recs, inputs.histories.join(kept, "user_id", "left_anti")
@@ -376,7 +386,7 @@ def score_topk(ctx: RunContext, cfg: ScoringConfig, *, full: bool = False) -> St
             model_rows = s.model_topk(scoring.scored, cfg, mode=plan.candidate_mode, candidate_ids=candidate_ids,
                                       broadcast=matrix, files=files, shards=plan.shards, reader=scoring.reader)
             popular = scoring.popular(ctx, inputs.histories, candidate_ids, cfg.top_k,
-                                      every_user=inputs.kept_ids is None)
+                                      every_user=inputs.kept is None)
             record.metrics["popular_items"] = [p[1] for p in popular]
             recs = s.recommendations(model_rows, inputs.histories.where(F.col("n") == 0), popular, ds=ctx.ds,
                                      model_version=ctx.model_version)

@@ -3,15 +3,14 @@ a Spark standalone cluster (a master, two workers with one fake GPU each) whose 
 packed environment's Python; the backfill runs with ``top_k=3``, and a worker is SIGKILLed during
 the first backfill run's inference.
 
-One demo run (a subprocess, as ``make cluster-demo`` runs it) feeds every test of this module.
+One demo run (a subprocess, as ``make cluster-demo`` runs it) feeds every test of this module; it
+starts with the test session and runs beside the other tests (``background_demo.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 from contextlib import closing
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
+from tests.deploy.background_demo import BACKFILL_TOP_K, BackgroundDemo
+
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 REPO = Path(__file__).resolve().parents[2]
 NIGHTLY, REFRESH = "lime_nightly_scoring", "lime_candidate_refresh"
-BACKFILL_TOP_K = 3
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,11 @@ class Demo:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
-    out = tmp_path_factory.mktemp("cluster-demo") / "demo"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LIME_RANK_"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "cluster-demo", "--out", str(out), "--users", "150", "--items", "80",
-         "--days", "4", "--backfill-conf", json.dumps({"top_k": BACKFILL_TOP_K}), "--kill-worker-in-backfill"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    return Demo(out, json.loads((out / "summary.json").read_text()), log)
+def demo(cluster_demo: BackgroundDemo | None) -> Demo:
+    assert cluster_demo is not None  # started by tests/conftest.py whenever a test of this module is selected
+    code, log = cluster_demo.wait()
+    assert code == 0, log[-6000:]
+    return Demo(cluster_demo.out, json.loads((cluster_demo.out / "summary.json").read_text()), log)
 
 
 def test_summary_has_exactly_the_documented_keys(demo: Demo) -> None:

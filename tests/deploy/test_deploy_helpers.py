@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.deploy.airflow_local import retry_unavailable
+from pipelines.deploy.airflow_local import LocalAirflow, retry_unavailable, sole_writer
 from pipelines.deploy.cluster_demo import DemoConfig, DemoState, dag_environment, last_closed_ds, own_environment
 from pipelines.deploy.processes import Daemons, _group_alive, free_port, http_json, wait_for
 from pipelines.deploy.spark_standalone import SHORT_LIVED_JVM, executor_conf, plan_cluster, write_gpu_script
@@ -53,6 +53,28 @@ def test_a_daemon_that_exits_is_named_with_the_end_of_its_log(tmp_path: Path) ->
     daemons.start("flaky", [sys.executable, "-c", "print('bad config'); raise SystemExit(3)"], os.environ)
     with pytest.raises(DeploymentError, match=r"(?s)flaky \(pid \d+\) exited with 3.*bad config"):
         wait_for("something that never comes", lambda: None, 30, daemons, interval_s=0.1)
+
+
+def test_the_api_server_is_the_sole_writer_while_a_backfill_is_created(tmp_path: Path) -> None:
+    daemons = Daemons(tmp_path / "logs")
+    sleeper = ["sleep", "300"]
+    api = daemons.start("airflow-api-server", sleeper, os.environ)
+    scheduler = daemons.start("airflow-scheduler", sleeper, os.environ)
+    processor = daemons.start("airflow-dag-processor", sleeper, os.environ)
+    airflow = LocalAirflow(tmp_path / "home", tmp_path / "dags", 8080, {"MARKER": "deployment"})
+    try:
+        with sole_writer(airflow, daemons, {"PATH": os.environ["PATH"]}):
+            assert [d.name for d in daemons.started] == ["airflow-api-server"]
+            assert api.alive() and not scheduler.alive() and not processor.alive()
+        names = [d.name for d in daemons.started]
+        assert names == ["airflow-api-server", "airflow-scheduler", "airflow-dag-processor"]
+        restarted = daemons.started[1:]
+        assert all(d.alive() and d.argv == sleeper for d in restarted)
+        assert {d.pid for d in restarted}.isdisjoint({scheduler.pid, processor.pid})
+        environ = Path(f"/proc/{restarted[0].pid}/environ").read_bytes().split(b"\0")
+        assert b"MARKER=deployment" in environ and f"AIRFLOW_HOME={tmp_path / 'home'}".encode() in environ
+    finally:
+        daemons.stop_all()
 
 
 def test_waiting_times_out_naming_what_it_waited_for() -> None:

@@ -63,7 +63,8 @@ def run_day(spark: Any, root: Path, ds: str, ckpt: str, *, full: bool) -> dict[s
     for stage, step in steps.items():
         result, seconds[stage] = timed(step)
         metrics[stage] = {k: v for k, v in result.metrics.items()
-                          if k.startswith(("users", "mode", "seconds_")) or k == "previous_ds"}
+                          if k.startswith(("users", "mode", "seconds_", "link_files"))
+                          or k in ("previous_ds", "scoring_input", "seen_join")}
     return {"seconds": seconds, "seconds_total": sum(seconds.values()), "audit": metrics}
 
 

@@ -18,13 +18,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.stages.context import EXTRACT_HISTORIES
+from pipelines.stages.context import EXTRACT_HISTORIES, INFER_USER_LINKS
 from pipelines.tables.audit import STATUS_SUCCEEDED, read_audit
-from pipelines.tables.schemas import EVENTS, USER_HISTORIES, TableSpec
+from pipelines.tables.schemas import EVENTS, USER_HISTORIES, USER_LINKS, TableSpec
 from pipelines.tables.store import TableStore, normalised_uri
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 MODE_INCREMENTAL = "incremental"
 MODE_FULL = "full"
+# infer_user_links' audit metric: the user_links files of the users it encoded, when they are the
+# users marked extracted_ds = ds (relative paths)
+ENCODED_FILES = "encoded_files"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,26 @@ def copied_users(store: TableStore, ds: str) -> np.ndarray:
     rows = store.read_arrow(USER_HISTORIES, ["user_id", "n", "extracted_ds"], partition={"ds": ds})
     copied = pc.and_(pc.greater(rows.column("n"), 0), pc.not_equal(rows.column("extracted_ds"), ds))
     return np.sort(rows.column("user_id").filter(copied).to_numpy().astype(np.int64))
+
+
+def encoded_link_files(store: TableStore, ds: str) -> tuple[list[str] | None, str]:
+    """(the ``user_links(ds)`` files holding the rows infer_user_links encoded, "") when its run
+    still in place encoded exactly the users marked ``extracted_ds = ds``, named its files
+    (:data:`ENCODED_FILES`) and every one is in the table's snapshot; else (None, why not)."""
+    row, why_not = previous_run(store, INFER_USER_LINKS, ds, upstream=[EXTRACT_HISTORIES], tables=[USER_LINKS.name])
+    if row is None:
+        return None, why_not
+    named = metrics_of(row).get(ENCODED_FILES)
+    if not isinstance(named, list):
+        return None, (f"the infer_user_links run of {ds} in place names no encoded files "
+                      "(it ran in full or compared histories)")
+    root = normalised_uri(store.uri(USER_LINKS.name))
+    present = {normalised_uri(uri): uri for uri in store.file_uris(USER_LINKS, partition={"ds": ds})}
+    uris = [present.get(normalised_uri(f"{root}/{unquote(str(path))}")) for path in named]
+    found = [uri for uri in uris if uri is not None]
+    if len(found) < len(uris):
+        return None, f"{len(uris) - len(found)} file(s) infer_user_links wrote for {ds} are no longer in user_links"
+    return found, ""
 
 
 def unchanged_users(histories: DataFrame, previous: DataFrame, *, compare_seen: bool) -> np.ndarray:

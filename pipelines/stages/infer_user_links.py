@@ -26,6 +26,7 @@ from pipelines.stages.context import (
     timed,
 )
 from pipelines.stages.incremental import (
+    ENCODED_FILES,
     RunMode,
     copied_users,
     copies_marked,
@@ -81,9 +82,9 @@ def _kept_users(ctx: RunContext, histories: DataFrame, prev: str, marked: bool) 
 
 def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord, histories: DataFrame,
                        prev: str, records: Accumulator[list[TaskRecord]],
-                       ) -> tuple[list[tuple[DataFrame, ArrowTask]], int]:
+                       ) -> tuple[list[tuple[DataFrame, ArrowTask]], int, bool]:
     """Encode the users whose history changed; copy the others' rows of the previous day (how
-    many: the int)."""
+    many: the int; whether the encoded users are exactly those marked ``extracted_ds = ds``)."""
     from pyspark.sql import functions as F
 
     from pipelines.runtime.inference_task import inference_input, inference_task
@@ -102,7 +103,7 @@ def _incremental_parts(ctx: RunContext, cfg: InferenceConfig, record: AuditRecor
                      files=ctx.store.file_uris(USER_LINKS, partition={"ds": prev}),
                      previous=ctx.store.read(USER_LINKS, partition={"ds": prev}), partition={"ds": ctx.ds},
                      keep=ctx.spark.sparkContext.broadcast(keep), keep_frame=keep_frame)
-    return [(inference_input(to_encode, partitions), inference_task(cfg, ctx.ds, records)), copy], len(keep)
+    return [(inference_input(to_encode, partitions), inference_task(cfg, ctx.ds, records)), copy], len(keep), by_mark
 
 
 def _encode_and_write(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord, histories: DataFrame,
@@ -114,11 +115,15 @@ def _encode_and_write(ctx: RunContext, cfg: InferenceConfig, record: AuditRecord
     records = ctx.spark.sparkContext.accumulator([], TaskRecords())
     partitions = cfg.partitions or max(1, ctx.spark.sparkContext.defaultParallelism)
     record.metrics["partitions"] = partitions
+    by_mark = False
     if mode.incremental:
-        parts, reused = _incremental_parts(ctx, cfg, record, histories, mode.previous_ds, records)
+        parts, reused, by_mark = _incremental_parts(ctx, cfg, record, histories, mode.previous_ds, records)
     else:
         parts, reused = [(inference_input(histories, partitions), inference_task(cfg, ctx.ds, records))], 0
     commit = timed(record, "infer_and_write", lambda: ctx.store.write_mapped_parts(parts, request))
+    if by_mark and commit.part_files:
+        # the files of the marked users' rows: score_topk reads only these to score the same users
+        record.metrics[ENCODED_FILES] = list(commit.part_files[0])
     return commit, records.value, reused
 
 

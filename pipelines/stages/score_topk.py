@@ -30,6 +30,7 @@ from pipelines.stages.incremental import (
     RunMode,
     copied_users,
     copies_marked,
+    encoded_link_files,
     files_fingerprint,
     first_difference,
     metrics_of,
@@ -192,7 +193,26 @@ def _reuse_previous(ctx: RunContext, record: AuditRecord, inputs: _ScoringInputs
                      previous=ctx.store.read(RECOMMENDATIONS, partition={"ds": prev}),
                      partition={"ds": ctx.ds}, keep=shipped_keep, keep_frame=keep_frame)
     return dataclasses.replace(inputs, to_score=inputs.links.join(F.broadcast(keep_frame), "user_id", "left_anti"),
-                               copy=copy, kept=_KeptUsers(keep, keep_frame, shipped_keep))
+                               copy=copy, kept=_KeptUsers(keep, keep_frame, shipped_keep),
+                               link_files=_link_files_to_score(ctx, record, inputs.link_files, marked))
+
+
+def _link_files_to_score(ctx: RunContext, record: AuditRecord, link_files: list[str], marked: bool) -> list[str]:
+    """The user_links(ds) files the scoring tasks read: those infer_user_links wrote for the users
+    marked ``extracted_ds = ds`` when it names them (the users scored here: the other rows were
+    copied, and their L_P is not needed), else all."""
+    if not link_files:
+        return link_files
+    encoded, why_not = encoded_link_files(ctx.store, ctx.ds) if marked else (None, "users found by comparing histories")
+    cores = max(1, ctx.spark.sparkContext.defaultParallelism)
+    if encoded is not None and len(encoded) < cores:
+        why_not = f"{len(encoded)} encoded file(s), fewer than the {cores} cores"
+        encoded = None
+    read = link_files if encoded is None else encoded
+    record.metrics.update(link_files=len(link_files), link_files_read=len(read))
+    if encoded is None:
+        record.metrics["link_files_read_all_because"] = why_not
+    return read
 
 
 def _plan(ctx: RunContext, cfg: ScoringConfig, inputs: _ScoringInputs) -> ScoringPlan:

@@ -17,6 +17,7 @@ read (:class:`SchemaMismatchError` names the columns).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -335,11 +336,14 @@ class DeltaRsStore:
                 log.info("%s: app id %s already committed; nothing to do", spec.name, app_id)
                 return CommitResult(spec.name, snapshot.version(), 0, 0, skipped=True)
         files: list[DataFile] = []
+        part_files: list[tuple[str, ...]] = []
         checked, state = request.with_checked_partition(), None
         for df, task in parts:
             written, checked, state = self._write_files(df, task, request, snapshot=snapshot)
             files += written
-        return self.commit(checked, files, expected_partition_state=state)
+            part_files.append(tuple(f.path for f in written))
+        result = self.commit(checked, files, expected_partition_state=state)
+        return result if result.skipped else dataclasses.replace(result, part_files=tuple(part_files))
 
     def _write_files(
         self, df: DataFrame, task: ArrowTask | None, request: WriteRequest, *, snapshot: DeltaTable | None,

@@ -38,6 +38,8 @@ class CommitResult:
 
     ``files`` and ``rows`` are None when the engine cannot know them (delta-spark with
     Delta's history metrics turned off): shown as "unknown", never as a made-up number.
+    ``part_files``: the data files each part of :meth:`TableStore.write_mapped_parts` wrote (paths
+    relative to the table root), where the engine knows them (delta-rs), else empty.
     """
 
     table: str
@@ -45,6 +47,7 @@ class CommitResult:
     files: int | None
     rows: int | None
     skipped: bool  # True when this app id had already committed: nothing was written
+    part_files: tuple[tuple[str, ...], ...] = ()
 
 
 def count_text(count: int | None) -> str:

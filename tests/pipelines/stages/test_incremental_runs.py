@@ -19,13 +19,14 @@ from pipelines.runtime.inference_task import InferenceConfig
 from pipelines.runtime.scoring_task import ScoringConfig
 from pipelines.stages.context import RunContext
 from pipelines.stages.extract_histories import extract_histories
+from pipelines.stages.incremental import encoded_link_files
 from pipelines.stages.infer_user_links import infer_user_links
 from pipelines.stages.precompute_candidates import precompute_candidates
 from pipelines.stages.score_topk import score_topk
 from pipelines.stages.scoring_plan import seen_lists_bytes
 from pipelines.tables.audit import read_audit
 from pipelines.tables.delta_rs import DeltaRsStore
-from pipelines.tables.schemas import EVENTS, ITEMS
+from pipelines.tables.schemas import EVENTS, ITEMS, USER_LINKS
 from pipelines.tables.store import WriteRequest
 from pipelines.tools.input_tables import write_synthetic
 from pipelines.tools.synthetic_data import SyntheticConfig, item_ids
@@ -155,6 +156,8 @@ def test_a_day_of_new_events_runs_incrementally_and_equals_a_full_run(spark, bas
     score = metrics["score_topk"]  # the gate before the commit checks the recomputed lists only
     assert score["gate_scope"] == "recomputed users" and score["quality"]["passed"]
     assert score["scoring_input"] == "link_files"  # the tasks read L_P from the files, the copied users left out
+    encoded = metrics["infer_user_links"]["encoded_files"]  # only the files of the users infer_user_links encoded
+    assert score["link_files_read"] == len(encoded) < score["link_files"], score.get("link_files_read_all_because")
     assert score["quality"]["users"] == score["users_rescored"] + score["users_popular"]
     assert metrics["extract_histories"]["users_extracted"] == users_with_events
     assert metrics["extract_histories"]["users_reused"] + users_with_events == metrics["extract_histories"]["users"]
@@ -215,6 +218,15 @@ def test_an_incremental_run_broadcasts_only_the_seen_lists_of_the_users_it_score
     plans = [(m["score_topk"]["seen_join"], m["score_topk"]["scoring_input"]) for m in (full_metrics, metrics)]
     assert plans == [("shuffle", "spark_join"), ("broadcast", "link_files")]
     assert metrics["score_topk"]["mode"] == "incremental" and metrics["score_topk"]["users_rescored"] == 10
+    store = DeltaRsStore(spark, inc)
+    found, _ = encoded_link_files(store, DAY1)
+    assert found is not None and sorted(Path(f).name for f in found) == sorted(
+        Path(f).name for f in metrics["infer_user_links"]["encoded_files"])
+    # a compaction rewrites the partition's files: the named files are gone, so score_topk would read them all
+    links = DeltaTable(str(inc / "user_links")).to_pyarrow_table(filters=[("ds", "=", DAY1)])
+    store.write_arrow(links, WriteRequest(USER_LINKS, "overwrite", "compaction", partition={"ds": DAY1}))
+    found, why_not = encoded_link_files(store, DAY1)
+    assert found is None and why_not.endswith(f"wrote for {DAY1} are no longer in user_links"), why_not
 
 
 def test_after_a_full_extraction_the_changed_users_are_found_by_comparing_histories(
@@ -233,6 +245,10 @@ def test_after_a_full_extraction_the_changed_users_are_found_by_comparing_histor
         assert metrics[stage]["mode"] == "incremental", metrics[stage]["mode_reason"]
         assert metrics[stage]["changed_users_by"] == "comparing histories"
         assert metrics[stage][count] == history_changes(inc, DAY1, DAY0, seen=stage == "score_topk") == 10
+    assert "encoded_files" not in metrics["infer_user_links"]  # not the users marked extracted_ds = ds
+    score = metrics["score_topk"]
+    assert score["link_files_read"] == score["link_files"] > 0
+    assert score["link_files_read_all_because"] == "users found by comparing histories"
 
 
 def test_a_missing_previous_day_falls_back_to_a_full_run_and_says_why(spark, base: dict, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import datetime as dt
 import http.server
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from pipelines.deploy.cluster_demo import DemoConfig, DemoState, dag_environment
 from pipelines.deploy.processes import Daemons, _group_alive, free_port, http_json, wait_for
 from pipelines.deploy.spark_standalone import SHORT_LIVED_JVM, executor_conf, plan_cluster, write_gpu_script
 from pipelines.errors import DeploymentError, HttpStatusError
+from tests.deploy.background_demo import BackgroundDemo
 
 
 @pytest.mark.parametrize(("now", "ds"), [
@@ -75,6 +77,19 @@ def test_the_api_server_is_the_sole_writer_while_a_backfill_is_created(tmp_path:
         assert b"MARKER=deployment" in environ and f"AIRFLOW_HOME={tmp_path / 'home'}".encode() in environ
     finally:
         daemons.stop_all()
+
+
+def test_a_background_demo_the_session_outlives_is_stopped_with_its_children(tmp_path: Path) -> None:
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "wb") as log:  # a stand-in for the demo: a shell with a child, in its own group
+        process = subprocess.Popen(["bash", "-c", "sleep 300 & echo child $!; wait"], stdout=log,
+                                   start_new_session=True)
+    demo = BackgroundDemo(tmp_path / "demo", log_path, process, time.monotonic())
+    child = int(wait_for("the child's pid", lambda: _child_pid(log_path), 30, interval_s=0.1))
+    demo.stop()
+    assert process.poll() is not None and not _group_alive(process.pid)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    demo.stop()  # already gone: nothing to do, no error
 
 
 def test_waiting_times_out_naming_what_it_waited_for() -> None:

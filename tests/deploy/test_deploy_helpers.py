@@ -59,7 +59,7 @@ def test_a_daemon_that_exits_is_named_with_the_end_of_its_log(tmp_path: Path) ->
 
 def test_the_api_server_is_the_sole_writer_while_a_backfill_is_created(tmp_path: Path) -> None:
     daemons = Daemons(tmp_path / "logs")
-    sleeper = ["sleep", "300"]
+    sleeper = ["bash", "-c", 'echo "env ${MARKER:-none} ${AIRFLOW_HOME:-none}"; exec sleep 300']
     api = daemons.start("airflow-api-server", sleeper, os.environ)
     scheduler = daemons.start("airflow-scheduler", sleeper, os.environ)
     processor = daemons.start("airflow-dag-processor", sleeper, os.environ)
@@ -73,8 +73,11 @@ def test_the_api_server_is_the_sole_writer_while_a_backfill_is_created(tmp_path:
         restarted = daemons.started[1:]
         assert all(d.alive() and d.argv == sleeper for d in restarted)
         assert {d.pid for d in restarted}.isdisjoint({scheduler.pid, processor.pid})
-        environ = Path(f"/proc/{restarted[0].pid}/environ").read_bytes().split(b"\0")
-        assert b"MARKER=deployment" in environ and f"AIRFLOW_HOME={tmp_path / 'home'}".encode() in environ
+        # started again with the deployment's environment (each log holds both starts' lines)
+        expected = f"env deployment {tmp_path / 'home'}"
+        for daemon in restarted:
+            wait_for(f"{daemon.name}'s line", lambda d=daemon: expected in d.log_path.read_text() or None, 30,
+                     interval_s=0.1)
     finally:
         daemons.stop_all()
 
